@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Stdlib-only helpers for bench/run.sh.
+
+  ports N                      print N free loopback TCP ports, one per line
+  gen DIR                      write keys and configs fragments into DIR:
+                                 keys.txt      1,000 valid plain keys (client c0001..c1000)
+                                 invalid.txt   1,000 unknown keys
+                                 keys.map      nginx `map` entries  "key" client;
+                                 clients.toml  keygate [clients.*] tables (sha256 hashes)
+                                 clients-100k.toml  100,000 keys across 1,000 clients
+  percentiles FILE...          p50 and p99 (µs) of h2load --log-file files
+  idle --port P [--tls] ...    open N keep-alive connections (one request each),
+                               then print the summed VmRSS of --pids
+  startup --port P -- CMD...   run CMD, time exec -> port accepting, print
+                               start-up ms and VmRSS, then stop CMD (SIGTERM)
+"""
+
+import argparse
+import asyncio
+import hashlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+
+
+def cmd_ports(args):
+    socks = []
+    for _ in range(args.n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    for s in socks:
+        print(s.getsockname()[1])
+    for s in socks:
+        s.close()
+
+
+def _client_table(name, hashes):
+    keys = ", ".join('{ hash = "sha256:%s" }' % h for h in hashes)
+    return '[clients.%s]\nroutes = ["*"]\nkeys = [ %s ]\n\n' % (name, keys)
+
+
+def _sha(key):
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def cmd_gen(args):
+    d = args.dir
+    os.makedirs(d, exist_ok=True)
+    valid = [str(uuid.uuid4()) for _ in range(args.clients)]
+    invalid = [str(uuid.uuid4()) for _ in range(args.clients)]
+    with open(os.path.join(d, "keys.txt"), "w") as f:
+        f.write("".join(k + "\n" for k in valid))
+    with open(os.path.join(d, "invalid.txt"), "w") as f:
+        f.write("".join(k + "\n" for k in invalid))
+    with open(os.path.join(d, "keys.map"), "w") as f:
+        for i, k in enumerate(valid, 1):
+            f.write('"%s" c%04d;\n' % (k, i))
+    with open(os.path.join(d, "clients.toml"), "w") as f:
+        for i, k in enumerate(valid, 1):
+            f.write(_client_table("c%04d" % i, [_sha(k)]))
+    per = args.big_keys // args.clients
+    with open(os.path.join(d, "clients-100k.toml"), "w") as f:
+        for i in range(1, args.clients + 1):
+            hashes = [_sha(str(uuid.uuid4())) for _ in range(per)]
+            f.write(_client_table("c%04d" % i, hashes))
+
+
+def cmd_percentiles(args):
+    lat = []
+    for path in args.files:
+        with open(path) as f:
+            for line in f:
+                parts = line.split("\t")
+                if len(parts) >= 3:
+                    lat.append(int(parts[2]))
+    if not lat:
+        print("0 0")
+        return
+    lat.sort()
+
+    def pct(p):
+        return lat[min(len(lat) - 1, int(len(lat) * p / 100))]
+
+    print("%d %d" % (pct(50), pct(99)))
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+async def _open_one(port, ctx, request, sem, conns):
+    async with sem:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                "127.0.0.1", port, ssl=ctx,
+                server_hostname="localhost" if ctx else None),
+            timeout=30)
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        if length:
+            await asyncio.wait_for(reader.readexactly(length), 30)
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
+        conns.append((reader, writer))
+
+
+async def _idle(args):
+    ctx = None
+    if args.tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    request = ("GET / HTTP/1.1\r\nHost: localhost\r\nX-API-Key: %s\r\n\r\n"
+               % args.key).encode()
+    pids = [int(p) for p in args.pids.split(",")]
+    sem = asyncio.Semaphore(args.concurrency)
+    conns = []
+    results = await asyncio.gather(
+        *(_open_one(args.port, ctx, request, sem, conns)
+          for _ in range(args.count)),
+        return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    await asyncio.sleep(args.settle)
+    rss = rss_kib(pids)
+    # A connection the server has closed meanwhile shows EOF on its reader.
+    still_open = sum(1 for r, _ in conns if not r.at_eof())
+    for _, w in conns:
+        w.close()
+    print("opened=%d open=%d failed=%d rss_kib=%d"
+          % (len(conns), still_open, len(failures), rss))
+    if failures:
+        print("first failure: %r" % (failures[0],), file=sys.stderr)
+
+
+def cmd_idle(args):
+    asyncio.run(asyncio.wait_for(_idle(args), timeout=args.timeout))
+
+
+def cmd_startup(args):
+    cmd = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
+    out = open(args.log, "w") if args.log else subprocess.DEVNULL
+    env = dict(os.environ)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env)
+    try:
+        deadline = t0 + args.timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", args.port), 1):
+                    break
+            except OSError:
+                if proc.poll() is not None:
+                    sys.exit("startup: process exited with %s" % proc.returncode)
+                if time.monotonic() > deadline:
+                    sys.exit("startup: port %d not accepting after %ss"
+                             % (args.port, args.timeout))
+                time.sleep(0.002)
+        ms = (time.monotonic() - t0) * 1000
+        print("startup_ms=%.0f rss_kib=%d" % (ms, rss_kib([proc.pid])))
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("ports")
+    s.add_argument("n", type=int)
+    s.set_defaults(fn=cmd_ports)
+    s = sub.add_parser("gen")
+    s.add_argument("dir")
+    s.add_argument("--clients", type=int, default=1000)
+    s.add_argument("--big-keys", type=int, default=100000)
+    s.set_defaults(fn=cmd_gen)
+    s = sub.add_parser("percentiles")
+    s.add_argument("files", nargs="+")
+    s.set_defaults(fn=cmd_percentiles)
+    s = sub.add_parser("idle")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--tls", action="store_true")
+    s.add_argument("--key", required=True)
+    s.add_argument("--pids", required=True, help="comma-separated")
+    s.add_argument("--count", type=int, default=10000)
+    s.add_argument("--concurrency", type=int, default=50)
+    s.add_argument("--settle", type=float, default=2.0)
+    s.add_argument("--timeout", type=float, default=180.0)
+    s.set_defaults(fn=cmd_idle)
+    s = sub.add_parser("startup")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--timeout", type=float, default=30.0)
+    s.add_argument("--log")
+    s.add_argument("cmd", nargs=argparse.REMAINDER)
+    s.set_defaults(fn=cmd_startup)
+    args = p.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

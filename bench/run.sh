@@ -1,0 +1,545 @@
+#!/usr/bin/env bash
+# keygate vs nginx vs the upstream alone, on loopback, bounded in time.
+# Prints one throughput table and a resource table on stdout (progress on stderr).
+# See bench/README.md for what is measured and the BENCH_* knobs.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH_DIR")
+HELPER=(python3 "$BENCH_DIR/helper.py")
+
+DURATION=${BENCH_DURATION:-10}
+DURATION=${DURATION%s}
+RUNS=${BENCH_RUNS:-3}
+CONNS=${BENCH_CONNECTIONS:-50}
+THREADS=${BENCH_THREADS:-1}
+TARGETS=${BENCH_TARGETS:-direct nginx keygate}
+SCENARIOS=${BENCH_SCENARIOS:-plain-1key plain-1000keys plain-invalid plain-close tls-1key tls-h2 tls-close}
+RESOURCES=${BENCH_RESOURCES:-1}
+IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
+BIG_KEYS=100000
+PROXY_CPU=${BENCH_PROXY_CPU:-0}
+LOAD_CPU=${BENCH_LOAD_CPU:-1}
+KEEP_TMP=${BENCH_KEEP_TMP:-0}
+
+TMP=""
+PIDS=()          # every process this script started, stopped by PID on exit
+WARNINGS=()
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+warn() { WARNINGS+=("$*"); printf '[bench] WARNING: %s\n' "$*" >&2; }
+has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
+has_scenario() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- setup
+
+ensure_tools() {
+    local -A pkg_of=([wrk]=wrk [nginx]=nginx [h2load]=nghttp2-client [openssl]=openssl
+                     [python3]=python3 [taskset]=util-linux [curl]=curl)
+    local missing=() cmd
+    for cmd in "${!pkg_of[@]}"; do
+        command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")
+    done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    log "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+}
+
+cleanup() {
+    local pid i
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    if [[ -n $TMP && -d $TMP ]]; then
+        if [[ $KEEP_TMP == 1 ]]; then
+            log "kept $TMP"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+}
+
+make_tmp() {
+    TMP=$(mktemp -d -t keygate-bench.XXXXXX)
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+    mkdir -p "$TMP/upstream" "$TMP/nginx" "$TMP/keygate" "$TMP/res" "$TMP/h2"
+}
+
+raise_nofile() {
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    local n
+    n=$(ulimit -n)
+    if [[ $n != unlimited ]] && ((n < IDLE_CONNS + 1000)); then
+        warn "open-file limit is $n; the $IDLE_CONNS idle-connection figures may fail"
+    fi
+}
+
+build_keygate() {
+    if [[ -n ${KEYGATE_BIN:-} ]]; then
+        log "using KEYGATE_BIN=$KEYGATE_BIN"
+        return 0
+    fi
+    log "cargo build --release (in $ROOT)"
+    (cd "$ROOT" && cargo build --release >&2)
+    KEYGATE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/keygate"
+    [[ -x $KEYGATE_BIN ]] || die "no binary at $KEYGATE_BIN"
+}
+
+make_material() {
+    log "generating keys, configs and an ECDSA P-256 certificate in $TMP"
+    "${HELPER[@]}" gen "$TMP" --clients 1000 --big-keys "$BIG_KEYS"
+    KEY1=$(head -n 1 "$TMP/keys.txt")
+    BAD1=$(head -n 1 "$TMP/invalid.txt")
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$TMP/server.key" -out "$TMP/server.crt" -days 2 \
+        -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        2>/dev/null
+}
+
+alloc_ports() {
+    local ports
+    mapfile -t ports < <("${HELPER[@]}" ports 7)
+    UP_PORT=${ports[0]}
+    UP_TLS_PORT=${ports[1]}
+    NGINX_PORT=${ports[2]}
+    NGINX_TLS_PORT=${ports[3]}
+    KG_PORT=${ports[4]}
+    KG_TLS_PORT=${ports[5]}
+    KG_BIG_PORT=${ports[6]}
+}
+
+render() { # template output
+    sed -e "s|@TMP@|$TMP|g" -e "s|@UP_PORT@|$UP_PORT|g" -e "s|@UP_TLS_PORT@|$UP_TLS_PORT|g" \
+        -e "s|@NGINX_PORT@|$NGINX_PORT|g" -e "s|@NGINX_TLS_PORT@|$NGINX_TLS_PORT|g" \
+        "$1" >"$2"
+}
+
+write_keygate_config() { # file port tls(0|1) clients-file
+    {
+        printf '[listen]\naddress = "127.0.0.1:%s"\nmax_connections = %d\n' "$2" $((IDLE_CONNS * 2))
+        if [[ $3 == 1 ]]; then
+            printf '\n[listen.tls]\ncert = "%s"\nkey = "%s"\n' "$TMP/server.crt" "$TMP/server.key"
+        fi
+        printf '\n[auth]\nmax_failures_per_minute = 1000000000\n'
+        printf '\n[rate_limit]\nper_second = 1000000\nburst = 1000000\n'
+        printf '\n[upstreams.bench]\nservers = ["http://127.0.0.1:%s"]\n' "$UP_PORT"
+        printf '\n[[routes]]\nname = "all"\npath = "/"\nupstream = "bench"\n\n'
+        cat "$4"
+    } >"$1"
+}
+
+# ---------------------------------------------------------------- processes
+
+# start_bg NAME CMD...: run CMD in the background, logs in $TMP/NAME.{out,err};
+# sets LAST_PID.
+start_bg() {
+    local name=$1
+    shift
+    "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port pid what
+    local deadline=$((SECONDS + 30))
+    until port_open "$1"; do
+        kill -0 "$2" 2>/dev/null || die "$3 exited at start-up; see above" 
+        ((SECONDS < deadline)) || die "$3 not accepting on port $1 after 30 s"
+        sleep 0.05
+    done
+}
+
+# proc_pids PID: PID and its direct children (nginx master + workers).
+proc_pids() {
+    echo "$1"
+    pgrep -P "$1" || true
+}
+
+cpu_ticks() { # PIDS...: summed utime+stime in clock ticks
+    local pid line rest total=0
+    local -a f
+    for pid in "$@"; do
+        read -r line <"/proc/$pid/stat"
+        rest=${line##*) }
+        read -r -a f <<<"$rest"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+core_busy() { # CPU: non-idle clock ticks of that core since boot (from /proc/stat)
+    awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+}
+
+rss_kib() { # PIDS...: summed VmRSS
+    local pid total=0 kib
+    for pid in "$@"; do
+        kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+        total=$((total + kib))
+    done
+    echo "$total"
+}
+
+start_nginx() { # name conf -> sets LAST_PIDS (master and workers)
+    local name=$1 conf=$2 port=$3 master i
+    start_bg "$name" taskset -c "$4" nginx -p "$TMP/$name" -c "$conf" \
+        -e "$TMP/$name/error.log" -g 'daemon off;'
+    master=$LAST_PID
+    if ! (wait_port "$port" "$master" "$name"); then
+        cat "$TMP/$name.err" "$TMP/$name/error.log" >&2 || true
+        die "$name failed to start"
+    fi
+    for ((i = 0; i < 100; i++)); do
+        [[ -n $(pgrep -P "$master" || true) ]] && break
+        sleep 0.05
+    done
+    mapfile -t LAST_PIDS < <(proc_pids "$master")
+}
+
+start_upstream() {
+    render "$BENCH_DIR/nginx-upstream.conf.in" "$TMP/upstream/nginx.conf"
+    start_nginx upstream "$TMP/upstream/nginx.conf" "$UP_PORT" "$LOAD_CPU"
+    UP_PIDS=("${LAST_PIDS[@]}")
+    log "upstream nginx on :$UP_PORT (TLS :$UP_TLS_PORT), pids ${UP_PIDS[*]}"
+}
+
+start_nginx_proxy() {
+    render "$BENCH_DIR/nginx-proxy.conf.in" "$TMP/nginx/nginx.conf"
+    start_nginx nginx "$TMP/nginx/nginx.conf" "$NGINX_PORT" "$PROXY_CPU"
+    NGINX_PIDS=("${LAST_PIDS[@]}")
+    log "nginx proxy on :$NGINX_PORT (TLS :$NGINX_TLS_PORT), pids ${NGINX_PIDS[*]}"
+}
+
+start_keygate() { # name port tls(0|1) -> LAST_PID
+    local name=$1 port=$2 tls=$3
+    write_keygate_config "$TMP/keygate/$name.toml" "$port" "$tls" "$TMP/clients.toml"
+    start_bg "$name" env KEYGATE_LOG=warn taskset -c "$PROXY_CPU" \
+        "$KEYGATE_BIN" serve -c "$TMP/keygate/$name.toml"
+    if ! (wait_port "$port" "$LAST_PID" "$name"); then
+        cat "$TMP/$name.out" "$TMP/$name.err" >&2 || true
+        die "$name failed to start"
+    fi
+}
+
+start_keygates() {
+    start_keygate keygate "$KG_PORT" 0
+    KG_PID=$LAST_PID
+    start_keygate keygate-tls "$KG_TLS_PORT" 1
+    KG_TLS_PID=$LAST_PID
+    log "keygate on :$KG_PORT (pid $KG_PID), keygate TLS on :$KG_TLS_PORT (pid $KG_TLS_PID)"
+}
+
+# ---------------------------------------------------------------- checks
+
+# expect WHAT WANT CURL-ARGS...: curl prints "status body"; compare with WANT (a glob).
+expect() {
+    local what=$1 want=$2 got
+    shift 2
+    got=$(curl -sk --max-time 5 -o - -w ' %{http_code} %{http_version}' "$@" 2>/dev/null | tr -d '\n' || true)
+    # shellcheck disable=SC2053 # WANT is a glob on purpose
+    if [[ $got != $want ]]; then
+        warn "check failed: $what: got '$got', want '$want'"
+    fi
+}
+
+sanity_checks() {
+    log "sanity checks"
+    if has_target direct; then
+        expect "direct plain" 'ok 200 1.1' "http://127.0.0.1:$UP_PORT/"
+        expect "direct h2" 'ok 200 2' --http2 "https://127.0.0.1:$UP_TLS_PORT/"
+    fi
+    local tg port tport
+    for tg in nginx keygate; do
+        has_target "$tg" || continue
+        if [[ $tg == nginx ]]; then port=$NGINX_PORT tport=$NGINX_TLS_PORT; else port=$KG_PORT tport=$KG_TLS_PORT; fi
+        expect "$tg valid key" 'ok 200 1.1' -H "X-API-Key: $KEY1" "http://127.0.0.1:$port/"
+        expect "$tg forwards client id, strips key" 'client=c0001 key= 200 1.1' \
+            -H "X-API-Key: $KEY1" "http://127.0.0.1:$port/echo"
+        expect "$tg 1000th key" 'ok 200 1.1' -H "X-API-Key: $(tail -n 1 "$TMP/keys.txt")" \
+            "http://127.0.0.1:$port/"
+        expect "$tg unknown key" '*"invalid_api_key"* 401 1.1' \
+            -H "X-API-Key: $BAD1" "http://127.0.0.1:$port/"
+        expect "$tg TLS valid key" 'ok 200 1.1' --http1.1 -H "X-API-Key: $KEY1" "https://127.0.0.1:$tport/"
+        expect "$tg TLS h2 valid key" 'ok 200 2' --http2 -H "X-API-Key: $KEY1" "https://127.0.0.1:$tport/"
+    done
+}
+
+# ---------------------------------------------------------------- resources
+
+idle_conns() { # label port tls(0|1) pids... -> one table line
+    local label=$1 port=$2 tls=$3 idle out opened open rss
+    shift 3
+    idle=$(rss_kib "$@")
+    local -a tlsarg=()
+    [[ $tls == 1 ]] && tlsarg=(--tls)
+    out=$(taskset -c "$LOAD_CPU" "${HELPER[@]}" idle --port "$port" "${tlsarg[@]}" --key "$KEY1" \
+        --pids "$(IFS=,; echo "$*")" --count "$IDLE_CONNS") || {
+        warn "$label: idle-connection helper failed"
+        return 0
+    }
+    opened=$(sed -n 's/.*opened=\([0-9]*\).*/\1/p' <<<"$out")
+    open=$(sed -n 's/.* open=\([0-9]*\).*/\1/p' <<<"$out")
+    rss=$(sed -n 's/.*rss_kib=\([0-9]*\).*/\1/p' <<<"$out")
+    [[ $opened == "$IDLE_CONNS" ]] || warn "$label: only $opened of $IDLE_CONNS connections opened"
+    [[ $open == "$opened" ]] || warn "$label: $((opened - open)) connections closed by the server while idle"
+    if ((opened > 0)); then
+        RESOURCE_LINES+=("$(printf '%-9s %-6s %12s %14s %14s %12s' "$label" \
+            "$([[ $tls == 1 ]] && echo TLS || echo plain)" "$idle" "$rss" "$open/$opened" \
+            "$(awk -v a="$rss" -v b="$idle" -v n="$opened" 'BEGIN {printf "%.2f", (a - b) / n}')")")
+    fi
+}
+
+startup_100k() {
+    local conf=$TMP/keygate/big.toml out
+    write_keygate_config "$conf" "$KG_BIG_PORT" 0 "$TMP/clients-100k.toml"
+    log "keygate start-up with $BIG_KEYS keys"
+    out=$(KEYGATE_LOG=warn "${HELPER[@]}" startup --port "$KG_BIG_PORT" --log "$TMP/keygate-big.log" \
+        -- taskset -c "$PROXY_CPU" "$KEYGATE_BIN" serve -c "$conf") || {
+        cat "$TMP/keygate-big.log" >&2 || true
+        warn "keygate did not start with $BIG_KEYS keys"
+        return 0
+    }
+    STARTUP_LINE="keygate start-up with $BIG_KEYS keys (1000 clients): $(sed -e 's/startup_ms=\([0-9]*\)/\1 ms/' \
+        -e 's/rss_kib=\([0-9]*\)/, RSS \1 KiB once listening/' <<<"$out")"
+}
+
+measure_resources() {
+    RESOURCE_LINES=()
+    STARTUP_LINE=""
+    log "idle-connection memory ($IDLE_CONNS keep-alive connections, one request each)"
+    if has_target keygate; then
+        idle_conns keygate "$KG_PORT" 0 "$KG_PID"
+        idle_conns keygate "$KG_TLS_PORT" 1 "$KG_TLS_PID"
+    fi
+    if has_target nginx; then
+        idle_conns nginx "$NGINX_PORT" 0 "${NGINX_PIDS[@]}"
+        idle_conns nginx "$NGINX_TLS_PORT" 1 "${NGINX_PIDS[@]}"
+    fi
+    has_target keygate && startup_100k
+    return 0
+}
+
+# ---------------------------------------------------------------- load
+
+# scenario_applies SCENARIO TARGET: the upstream alone does no key work, so its
+# baseline is run once per transport shape (the 1000-key and 401 rows reuse plain-1key).
+scenario_applies() {
+    [[ $2 != direct ]] && return 0
+    [[ $1 != plain-1000keys && $1 != plain-invalid ]]
+}
+
+target_url() { # scenario target
+    local tls=0
+    [[ $1 == tls-* ]] && tls=1
+    case $2:$tls in
+        direct:0) echo "http://127.0.0.1:$UP_PORT/" ;;
+        direct:1) echo "https://127.0.0.1:$UP_TLS_PORT/" ;;
+        nginx:0) echo "http://127.0.0.1:$NGINX_PORT/" ;;
+        nginx:1) echo "https://127.0.0.1:$NGINX_TLS_PORT/" ;;
+        keygate:0) echo "http://127.0.0.1:$KG_PORT/" ;;
+        keygate:1) echo "https://127.0.0.1:$KG_TLS_PORT/" ;;
+    esac
+}
+
+target_pids() { # scenario target
+    case $2 in
+        direct) echo "${UP_PIDS[*]}" ;;
+        nginx) echo "${NGINX_PIDS[*]}" ;;
+        keygate) if [[ $1 == tls-* ]]; then echo "$KG_TLS_PID"; else echo "$KG_PID"; fi ;;
+    esac
+}
+
+# run_wrk SCENARIO URL -> "requests duration_us p50 p99 errors"
+run_wrk() {
+    local sc=$1 url=$2 out
+    local -a args=(-t "$THREADS" -c "$CONNS" -d "${DURATION}s" --timeout 5s -s "$BENCH_DIR/wrk.lua")
+    local -a script_args=()
+    case $sc in
+        *-1key) args+=(-H "X-API-Key: $KEY1") ;;
+        *-close) args+=(-H "X-API-Key: $KEY1" -H "Connection: close") ;;
+        *-1000keys) script_args=(-- "$TMP/keys.txt") ;;
+        *-invalid) script_args=(-- "$TMP/invalid.txt") ;;
+    esac
+    out=$(taskset -c "$LOAD_CPU" wrk "${args[@]}" "$url" "${script_args[@]}" 2>&1) || true
+    grep -q '^BENCH ' <<<"$out" || { warn "$sc $url: wrk failed: $out"; echo "0 1 0 0 1"; return 0; }
+    awk -v expect_ok="$([[ $sc == *-invalid ]] && echo 0 || echo 1)" '/^BENCH / {
+        for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+        err = v["connect"] + v["read"] + v["write"] + v["timeout"]
+        if (expect_ok) err += v["status"]; else err += v["requests"] - v["status"]
+        print v["requests"], v["duration_us"], v["p50_us"], v["p99_us"], err
+    }' <<<"$out"
+}
+
+# run_h2load URL -> "requests duration_us p50 p99 errors"
+run_h2load() {
+    local url=$1 log out
+    log=$TMP/h2/$RANDOM.log
+    out=$(taskset -c "$LOAD_CPU" h2load -t 1 -c 10 -m 10 -D "$DURATION" --log-file="$log" \
+        -H "X-API-Key: $KEY1" "$url" 2>&1) || true
+    local done_n secs p50 p99 ok
+    done_n=$(sed -n 's/^requests: .* \([0-9]*\) done, \([0-9]*\) succeeded.*/\1/p' <<<"$out")
+    ok=$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' <<<"$out")
+    secs=$(sed -n 's/^finished in \([0-9.]*\)s,.*/\1/p' <<<"$out")
+    if [[ -z $done_n || -z $secs || -z $ok || ! -s $log ]]; then
+        warn "h2load $url failed: $(tail -n 5 <<<"$out" | tr '\n' ' ')"
+        echo "0 1 0 0 1"
+        return 0
+    fi
+    read -r p50 p99 < <("${HELPER[@]}" percentiles "$log")
+    rm -f "$log"
+    awk -v n="$done_n" -v s="$secs" -v a="$p50" -v b="$p99" -v ok="$ok" \
+        'BEGIN {printf "%d %d %d %d %d\n", n, s * 1e6, a, b, n - ok}'
+}
+
+# run_one SCENARIO TARGET: one measured run, appended to $TMP/res/SCENARIO.TARGET as
+# "rps p50_us p99_us cpu_us_per_req errors"
+run_one() {
+    local sc=$1 tg=$2 url t0 t1 b0 b1 other res
+    local -a pids
+    url=$(target_url "$sc" "$tg")
+    read -r -a pids <<<"$(target_pids "$sc" "$tg")"
+    b0=$(core_busy "$PROXY_CPU")
+    t0=$(cpu_ticks "${pids[@]}")
+    if [[ $sc == tls-h2 ]]; then res=$(run_h2load "$url"); else res=$(run_wrk "$sc" "$url"); fi
+    t1=$(cpu_ticks "${pids[@]}")
+    b1=$(core_busy "$PROXY_CPU")
+    # Anything else busy on the proxies' core skews the figures: say so.
+    other=$((b1 - b0))
+    [[ $tg != direct ]] && other=$((other - (t1 - t0)))
+    if ((other * 100 > 5 * DURATION * CLK_TCK)); then
+        warn "$sc $tg: CPU $PROXY_CPU was $((other * 100 / (DURATION * CLK_TCK)))% busy with other processes during the run; is the machine idle?"
+    fi
+    awk -v t="$((t1 - t0))" -v hz="$CLK_TCK" '{
+        rps = $2 > 0 ? $1 / ($2 / 1e6) : 0
+        cpu = $1 > 0 ? t / hz * 1e6 / $1 : 0
+        printf "%.0f %d %d %.2f %d\n", rps, $3, $4, cpu, $5
+    }' <<<"$res" | tee -a "$TMP/res/$sc.$tg" | {
+        read -r rps p50 p99 cpu err
+        log "  $sc $tg: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu} CPU us/req, errors $err"
+    }
+    # The proxies must still answer as expected after the load (e.g. no 429 throttling).
+    if [[ $tg != direct && $sc == plain-invalid ]]; then
+        expect "$tg still 401 after $sc" '*"invalid_api_key"* 401 1.1' \
+            -H "X-API-Key: $BAD1" "$url"
+    elif [[ $tg != direct ]]; then
+        expect "$tg still 200 after $sc" 'ok 200 *' -H "X-API-Key: $KEY1" "$url"
+    fi
+}
+
+run_load() {
+    local sc tg r n=0
+    for sc in $SCENARIOS; do for tg in $TARGETS; do
+        scenario_applies "$sc" "$tg" && n=$((n + 1))
+    done; done
+    log "load: $n scenario/target pairs x $RUNS runs x ${DURATION}s (about $((n * RUNS * (DURATION + 1) / 60 + 1)) min)"
+    for sc in $SCENARIOS; do
+        for ((r = 1; r <= RUNS; r++)); do
+            for tg in $TARGETS; do
+                scenario_applies "$sc" "$tg" || continue
+                run_one "$sc" "$tg"
+                sleep 1
+            done
+        done
+    done
+}
+
+# ---------------------------------------------------------------- report
+
+# median_row FILE -> per-column medians of "rps p50 p99 cpu err" lines (err: the max)
+median_row() {
+    local col vals=()
+    for col in 1 2 3 4; do
+        vals+=("$(cut -d' ' -f"$col" "$1" | sort -g | awk '{a[NR] = $1}
+            END {print ((NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}')")
+    done
+    vals+=("$(cut -d' ' -f5 "$1" | sort -g | tail -n 1)")
+    echo "${vals[*]}"
+}
+
+print_table() {
+    local fmt='%-15s %-15s %10s %9s %9s %11s %11s %7s\n'
+    printf '\n'
+    printf 'keygate bench: %s, %d core(s), load average at start %s; %s s x %s runs (median), wrk -t%s -c%s, h2load -c 10 -m 10; proxies on CPU %s, load + upstream on CPU %s\n' \
+        "$(date -u +%Y-%m-%dT%H:%MZ)" "$(nproc)" "$LOADAVG_START" "$DURATION" "$RUNS" "$THREADS" "$CONNS" "$PROXY_CPU" "$LOAD_CPU"
+    # shellcheck disable=SC2059 # the format is a variable on purpose
+    printf "$fmt" scenario target 'req/s' 'p50 us' 'p99 us' 'CPU us/req' 'req/CPU-s' errors
+    local sc tg base f label rps p50 p99 cpu err
+    local -a ratio
+    local -A row
+    for sc in $SCENARIOS; do
+        for tg in $TARGETS; do
+            f=$TMP/res/$sc.$tg
+            [[ -s $f ]] || continue
+            row[$tg]=$(median_row "$f")
+            read -r rps p50 p99 cpu err <<<"${row[$tg]}"
+            # shellcheck disable=SC2059
+            printf "$fmt" "$sc" "$tg" "$rps" "$p50" "$p99" "$cpu" \
+                "$(awk -v c="$cpu" 'BEGIN {print (c > 0 ? sprintf("%.0f", 1e6 / c) : "-")}')" "$err"
+        done
+        # The upstream alone: the same-transport keep-alive baseline where it was not run.
+        base=$TMP/res/$sc.direct
+        [[ -s $base ]] || base=$TMP/res/plain-1key.direct
+        [[ -s $base ]] && row[direct]=$(median_row "$base")
+        for tg in nginx direct; do
+            [[ -n ${row[keygate]:-} && -n ${row[$tg]:-} ]] || continue
+            read -r -a ratio < <(awk -v a="${row[keygate]}" -v b="${row[$tg]}" 'BEGIN {
+                split(a, x, " "); split(b, y, " ")
+                for (i = 1; i <= 4; i++) printf "%s ", (y[i] > 0 ? sprintf("%.2f", x[i] / y[i]) : "-")
+                printf "%s\n", (x[4] > 0 ? sprintf("%.2f", y[4] / x[4]) : "-")
+            }')
+            label=keygate/$tg
+            [[ $tg == direct && $base != "$TMP/res/$sc.direct" ]] && label+='*'
+            # shellcheck disable=SC2059
+            printf "$fmt" "$sc" "$label" "${ratio[@]}" ''
+        done
+        row=()
+    done
+    printf '(req/CPU-s: on *-close rows every request is a new connection, so on tls-close it is TLS handshakes per CPU second.\n'
+    printf ' CPU: utime+stime of the target process(es) only - nginx master+worker, keygate one process, direct = upstream nginx.\n'
+    printf ' keygate/direct*: the upstream alone does no key work; compared with its plain-1key row.)\n'
+    if [[ $RESOURCES == 1 ]]; then
+        printf '\n%-9s %-6s %12s %14s %14s %12s\n' target listen 'RSS idle KiB' \
+            "RSS +${IDLE_CONNS}c KiB" 'still open' 'KiB/conn'
+        local line
+        for line in "${RESOURCE_LINES[@]}"; do printf '%s\n' "$line"; done
+        [[ -n $STARTUP_LINE ]] && printf '%s\n' "$STARTUP_LINE"
+    fi
+    if ((${#WARNINGS[@]} > 0)); then
+        printf '\nWARNINGS (%d):\n' "${#WARNINGS[@]}"
+        printf '  %s\n' "${WARNINGS[@]}"
+    fi
+    return 0
+}
+
+main() {
+    LOADAVG_START=$(cut -d' ' -f1 /proc/loadavg)
+    ensure_tools
+    make_tmp
+    raise_nofile
+    has_target keygate && build_keygate
+    make_material
+    alloc_ports
+    start_upstream
+    has_target nginx && start_nginx_proxy
+    has_target keygate && start_keygates
+    sanity_checks
+    [[ $RESOURCES == 1 ]] && measure_resources
+    run_load
+    print_table
+    ((${#WARNINGS[@]} == 0))
+}
+
+main "$@"

@@ -1,0 +1,76 @@
+//! The access log: one event per request, written when its response body is
+//! done, and the request metrics recorded at the same moment.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Method};
+
+use crate::metrics::{KeyLabels, Metrics, Name, RequestLabels};
+
+/// Everything known about one request, finished by [`Record::finish`].
+#[derive(Debug)]
+pub struct Record {
+    pub metrics: Arc<Metrics>,
+    pub start: Instant,
+    pub request_id: HeaderValue,
+    pub remote: SocketAddr,
+    pub method: Method,
+    /// The forwarded path and query, the key parameter removed.
+    pub target: String,
+    pub client: Option<Name>,
+    /// The key's fingerprint (a prefix of its hash), never the key.
+    pub key: Option<Name>,
+    pub route: Option<Name>,
+    pub upstream: Option<Name>,
+    pub status: u16,
+    pub error: Option<&'static str>,
+    pub bytes: u64,
+}
+
+const NONE: &str = "-";
+
+fn name(n: &Option<Name>) -> &str {
+    n.as_ref().map_or(NONE, |n| &n.0)
+}
+
+impl Record {
+    /// Log the request and count it.
+    pub fn finish(self: Box<Self>) {
+        let elapsed = self.start.elapsed();
+        tracing::info!(
+            target: "keygate::access",
+            request_id = self.request_id.to_str().unwrap_or(NONE),
+            remote = %self.remote,
+            client = name(&self.client),
+            key = name(&self.key),
+            method = %self.method,
+            path = %self.target,
+            route = name(&self.route),
+            upstream = name(&self.upstream),
+            status = self.status,
+            error = self.error.unwrap_or(NONE),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes = self.bytes,
+        );
+        self.count(elapsed.as_secs_f64());
+    }
+
+    fn count(&self, seconds: f64) {
+        let m = &self.metrics;
+        let none = || Name::new(NONE);
+        m.requests
+            .get_or_create(&RequestLabels {
+                client: self.client.clone().unwrap_or_else(none),
+                route: self.route.clone().unwrap_or_else(none),
+                status: self.status,
+            })
+            .inc();
+        m.duration.observe(seconds);
+        if let (Some(client), Some(key)) = (&self.client, &self.key) {
+            let labels = KeyLabels { client: client.clone(), key: key.clone() };
+            m.key_last_used.get_or_create(&labels).set(crate::keys::unix_now());
+        }
+    }
+}

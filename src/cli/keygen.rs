@@ -1,0 +1,174 @@
+//! `keygate keygen`: a new key, its hash and a TOML snippet; with
+//! `--add-to`, the hash is added to a client in a config file in place.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml_edit::{value, Array, DocumentMut, InlineTable, Item, Value};
+
+use super::{OK, RUNTIME, USAGE};
+use crate::keys;
+
+/// Key formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A random UUIDv4.
+    Uuid,
+    /// `kg_` + 43 random base62 characters + a checksum: recognisable by secret scanners.
+    Token,
+}
+
+/// Arguments of `keygate keygen`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The client the key is for (used in the snippet and by --add-to).
+    #[arg(long)]
+    pub client: Option<String>,
+    /// Key format.
+    #[arg(long, value_enum, default_value = "uuid")]
+    pub format: Format,
+    /// Add the new key's hash to this client in FILE, keeping comments and layout.
+    #[arg(long, value_name = "FILE", requires = "client")]
+    pub add_to: Option<PathBuf>,
+    /// With --add-to: make the client's older keys expire after this long (e.g. 7d).
+    #[arg(long, value_name = "DURATION", requires = "add_to")]
+    pub retire_after: Option<String>,
+}
+
+/// Generate, print, and optionally add to a file.
+pub fn run(args: Args) -> u8 {
+    if let Some(id) = &args.client {
+        if !keys::valid_client_id(id) {
+            eprintln!("error: --client \"{id}\": use letters, digits, '-', '_' and '.'");
+            return USAGE;
+        }
+    }
+    let key = match args.format {
+        Format::Uuid => keys::new_uuid(),
+        Format::Token => match keys::new_token() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: no randomness from the OS: {e}");
+                return RUNTIME;
+            }
+        },
+    };
+    let hash = keys::format_hash(&keys::digest(key.as_bytes()));
+    let client = args.client.as_deref().unwrap_or("my-client");
+    // The one place a plain key is ever printed: to its owner, once.
+    println!("key:  {key}");
+    println!("hash: {hash}");
+    if let Some(file) = &args.add_to {
+        return add_to(file, client, &hash, args.retire_after.as_deref());
+    }
+    println!();
+    println!("# paste into keygate.toml; store the key in your secret manager");
+    println!("[clients.{client}]");
+    println!("routes = [\"*\"]");
+    println!("keys = [{{ hash = \"{hash}\" }}]");
+    OK
+}
+
+fn add_to(file: &Path, client: &str, hash: &str, retire_after: Option<&str>) -> u8 {
+    let retire_at = match retire_after.map(retire_time).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: --retire-after: {e}");
+            return USAGE;
+        }
+    };
+    let result = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+        .and_then(|text| edit(&text, client, hash, retire_at.as_deref()))
+        .and_then(|text| write_atomically(file, &text));
+    match result {
+        Ok(()) => {
+            println!("added to clients.{client} in {}", file.display());
+            OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            USAGE
+        }
+    }
+}
+
+fn retire_time(s: &str) -> Result<String, String> {
+    let d: Duration = crate::config::env::parse_duration_for_cli(s)?;
+    let at = time::OffsetDateTime::now_utc() + d;
+    let at = at.replace_nanosecond(0).unwrap_or(at);
+    at.format(&time::format_description::well_known::Rfc3339).map_err(|e| e.to_string())
+}
+
+/// Add `hash` to `clients.<client>.keys`; with `retire_at`, older keys that
+/// expire later (or never) are set to expire then.
+pub fn edit(text: &str, client: &str, hash: &str, retire_at: Option<&str>) -> Result<String, String> {
+    let mut doc: DocumentMut = text.parse().map_err(|e| format!("not valid TOML: {e}"))?;
+    let table = doc
+        .get_mut("clients")
+        .and_then(|c| c.get_mut(client))
+        .and_then(Item::as_table_like_mut)
+        .ok_or_else(|| format!("no [clients.{client}] in the file: add the client with its routes first"))?;
+    if table.get("keys").is_none() {
+        table.insert("keys", value(Array::new()));
+    }
+    let keys = table
+        .get_mut("keys")
+        .and_then(Item::as_array_mut)
+        .ok_or_else(|| format!("clients.{client}.keys is not an inline array"))?;
+    if let Some(at) = retire_at {
+        for old in keys.iter_mut().filter_map(Value::as_inline_table_mut) {
+            let later = old.get("expires").and_then(Value::as_str).is_none_or(|e| later_than(e, at));
+            if later {
+                old.insert("expires", at.into());
+            }
+        }
+    }
+    let mut entry = InlineTable::new();
+    entry.insert("hash", hash.into());
+    keys.push(entry);
+    Ok(doc.to_string())
+}
+
+fn later_than(existing: &str, at: &str) -> bool {
+    match (keys::parse_rfc3339(existing), keys::parse_rfc3339(at)) {
+        (Some(e), Some(a)) => e > a,
+        _ => true,
+    }
+}
+
+fn write_atomically(file: &Path, text: &str) -> Result<(), String> {
+    let tmp = file.with_extension("toml.keygen-tmp");
+    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, file).map_err(|e| format!("cannot replace {}: {e}", file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "# top comment\n[clients.billing] # inline comment\nroutes = [\"*\"]\nkeys = [\n  { hash = \"sha256:aa\" }, # old\n]\n";
+
+    #[test]
+    fn adds_key_and_keeps_comments() {
+        let out = edit(FILE, "billing", "sha256:bb", None).unwrap();
+        assert!(out.contains("# top comment") && out.contains("# inline comment") && out.contains("# old"));
+        assert!(out.contains("sha256:bb"));
+    }
+
+    #[test]
+    fn retires_older_keys() {
+        let out = edit(FILE, "billing", "sha256:bb", Some("2030-01-01T00:00:00Z")).unwrap();
+        let doc: DocumentMut = out.parse().unwrap();
+        let keys = doc["clients"]["billing"]["keys"].as_array().unwrap();
+        let first = keys.get(0).unwrap().as_inline_table().unwrap();
+        assert_eq!(first.get("expires").and_then(Value::as_str), Some("2030-01-01T00:00:00Z"));
+        let second = keys.get(1).unwrap().as_inline_table().unwrap();
+        assert!(second.get("expires").is_none());
+    }
+
+    #[test]
+    fn unknown_client_is_an_error() {
+        assert!(edit(FILE, "orders", "sha256:bb", None).is_err());
+    }
+}

@@ -1,0 +1,50 @@
+//! The commands besides the proxy itself, and the `serve` entry point.
+
+pub mod check;
+pub mod demo;
+pub mod hash;
+pub mod healthcheck;
+pub mod keygen;
+
+use std::path::PathBuf;
+
+use crate::config;
+
+/// Exit code: success.
+pub const OK: u8 = 0;
+/// Exit code: failure at run time.
+pub const RUNTIME: u8 = 1;
+/// Exit code: bad usage or configuration.
+pub const USAGE: u8 = 2;
+
+/// A multi-threaded runtime for the commands that need one.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+/// `keygate serve`.
+pub fn serve(flag: Option<PathBuf>) -> u8 {
+    let env = config::process_env();
+    let path = config::config_path(flag, &env);
+    let config = match config::load(path.as_deref(), &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return USAGE;
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return RUNTIME;
+        }
+    };
+    match rt.block_on(crate::app::run(config, path)) {
+        Ok(()) => OK,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            RUNTIME
+        }
+    }
+}

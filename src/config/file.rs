@@ -1,0 +1,132 @@
+//! The configuration file as written: a serde mirror of the TOML schema.
+//!
+//! Every table refuses unknown fields, so a typo is an error rather than a
+//! silently ignored setting. Values that validation may reject are kept as
+//! [`Spanned`] so the error can point at them.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A string value with its position in the file.
+pub type Str = Spanned<String>;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub listen: ListenToml,
+    pub admin: Option<AdminToml>,
+    #[serde(default)]
+    pub auth: AuthToml,
+    pub rate_limit: Option<RateToml>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamToml>,
+    #[serde(default)]
+    pub routes: Vec<RouteToml>,
+    #[serde(default)]
+    pub clients: BTreeMap<String, ClientToml>,
+}
+
+/// `[listen]`: the proxy listener and its connection limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenToml {
+    pub address: Option<Str>,
+    pub shutdown_grace: Option<Str>,
+    pub header_read_timeout: Option<Str>,
+    pub body_timeout: Option<Str>,
+    pub idle_timeout: Option<Str>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+    pub tls: Option<TlsToml>,
+}
+
+/// `[listen.tls]`: certificate files, and a CA for client certificates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsToml {
+    pub cert: Str,
+    pub key: Str,
+    pub client_ca: Option<Str>,
+}
+
+/// `[admin]`: health and metrics listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToml {
+    pub address: Str,
+}
+
+/// `[auth]`: where credentials are read from and what is set on the way out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthToml {
+    pub header: Option<Str>,
+    pub authorization_schemes: Option<Vec<Str>>,
+    pub query_param: Option<Str>,
+    pub identity_header: Option<Str>,
+    pub max_failures_per_minute: Option<Spanned<i64>>,
+}
+
+/// A rate: `per_second` requests on average, `burst` at once.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateToml {
+    pub per_second: Spanned<f64>,
+    pub burst: Spanned<i64>,
+}
+
+/// `[upstreams.<name>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamToml {
+    pub servers: Spanned<Vec<Str>>,
+    pub connect_timeout: Option<Str>,
+    pub request_timeout: Option<Str>,
+    pub tls: Option<UpstreamTlsToml>,
+}
+
+/// `[upstreams.<name>.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsToml {
+    pub ca: Option<Str>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteToml {
+    pub name: Str,
+    pub path: Str,
+    pub methods: Option<Vec<Str>>,
+    pub upstream: Str,
+    pub host: Option<Str>,
+    pub max_body: Option<Str>,
+}
+
+/// `[clients.<id>]`: one calling application.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientToml {
+    pub routes: Spanned<Vec<Str>>,
+    pub rate_limit: Option<RateToml>,
+    #[serde(default)]
+    pub keys: Vec<KeyToml>,
+    pub tls_subjects: Option<Vec<Str>>,
+}
+
+/// One key of a client: a hash, or the name of an environment variable.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyToml {
+    pub hash: Option<Str>,
+    pub env: Option<Str>,
+    pub not_before: Option<Str>,
+    pub expires: Option<Str>,
+}

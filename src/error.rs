@@ -1,0 +1,66 @@
+//! What a caller can be told, and the one mapping from error to status.
+
+use http::StatusCode;
+
+/// Why a request was not forwarded, sorted by who caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    // Downstream: the caller's fault.
+    MissingKey,
+    InvalidKey,
+    NoRoute,
+    Forbidden,
+    RateLimited { retry_after: u64 },
+    TooManyFailures { retry_after: u64 },
+    BadRequest,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    RequestTimeout,
+    // Upstream: the service behind keygate.
+    BadGateway,
+    GatewayTimeout,
+}
+
+impl Reject {
+    /// The status code, `error` code and human message of this rejection.
+    pub fn parts(self) -> (StatusCode, &'static str, &'static str) {
+        use Reject::*;
+        match self {
+            MissingKey => (StatusCode::UNAUTHORIZED, "missing_api_key", "API key missing"),
+            InvalidKey => (StatusCode::UNAUTHORIZED, "invalid_api_key", "Invalid API key"),
+            NoRoute => (StatusCode::NOT_FOUND, "no_route", "No route matches this request"),
+            Forbidden => (StatusCode::FORBIDDEN, "forbidden", "This client may not call this route"),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Rate limit exceeded"),
+            TooManyFailures { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                "Too many failed authentications from this address",
+            ),
+            BadRequest => (StatusCode::BAD_REQUEST, "bad_request", "Malformed or ambiguous request"),
+            HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "Request headers too large",
+            ),
+            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Request body too large"),
+            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout", "Request body not received in time"),
+            BadGateway => (StatusCode::BAD_GATEWAY, "bad_gateway", "Upstream unavailable"),
+            GatewayTimeout => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", "Upstream timed out"),
+        }
+    }
+
+    /// Seconds to put in `Retry-After`, if any.
+    pub fn retry_after(self) -> Option<u64> {
+        match self {
+            Reject::RateLimited { retry_after } | Reject::TooManyFailures { retry_after } => {
+                Some(retry_after)
+            }
+            _ => None,
+        }
+    }
+
+    /// The `error` code, for logs and metrics.
+    pub fn code(self) -> &'static str {
+        self.parts().1
+    }
+}

@@ -1,0 +1,42 @@
+//! keygate: a TLS-terminating reverse proxy that authenticates
+//! server-to-server calls with API keys.
+//!
+//! # Request path
+//!
+//! Each request runs these steps in order; each returns early with a JSON
+//! error ([`error::Reject`]) or hands on to the next:
+//!
+//! 1. accept the connection, TLS handshake under a timeout — [`server`]
+//! 2. take the current configuration snapshot — [`state`] (an `ArcSwap`)
+//! 3. normalise the path, refuse ambiguous hosts — [`proxy::path`], [`proxy`]
+//! 4. refuse addresses with too many failed authentications — [`proxy::rate_limit`]
+//! 5. find the credentials (header, `Authorization`, query) — [`proxy::auth`]
+//! 6. look the key's SHA-256 digest up; check its validity window — [`proxy::auth`], [`keys`]
+//! 7. find the route (path prefix, method, host) — [`proxy::route`]
+//! 8. check the client may call it — [`state::ClientState::may_call`]
+//! 9. take one request from the client's budget — [`proxy::rate_limit`]
+//! 10. strip the key and hop-by-hop headers, set identity and `X-Forwarded-*` — [`proxy::headers`]
+//! 11. stream the request to the next server of the upstream and the response back — [`proxy::forward`], [`upstream`], [`body`]
+//! 12. log the request and count it when its response is done — [`access_log`], [`metrics`]
+//!
+//! Configuration is read by [`config`] (file, then `KEYGATE_*`), reloaded by
+//! [`reload`], and served by [`app`]; [`admin`] answers health and metrics.
+
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,66 @@
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use keygate::cli;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A TLS-terminating reverse proxy that authenticates server-to-server calls with API keys.
+#[derive(Parser)]
+#[command(name = "keygate", version, after_help = "Examples:\n  keygate demo\n  keygate serve -c keygate.toml\n  KEYGATE_UPSTREAM=http://127.0.0.1:8080 KEYGATE_KEY_BILLING=... keygate serve")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    #[command(after_help = "Example:\n  keygate serve -c /etc/keygate/keygate.toml")]
+    Serve {
+        /// Configuration file (default: $KEYGATE_CONFIG; none: environment only).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration exactly as `serve` would load it.
+    #[command(after_help = "Example:\n  keygate check -c keygate.toml && echo valid")]
+    Check {
+        /// Configuration file (default: $KEYGATE_CONFIG).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Print a new key, its hash and a TOML snippet.
+    #[command(after_help = "Examples:\n  keygate keygen --client billing\n  keygate keygen --client billing --format token --add-to keygate.toml --retire-after 7d")]
+    Keygen(cli::keygen::Args),
+    /// Read a key from standard input and print its hash.
+    #[command(after_help = "Example:\n  echo \"$KEY\" | keygate hash")]
+    Hash,
+    /// Try keygate: an echo upstream, a key and a certificate, all on loopback.
+    #[command(after_help = "Example:\n  keygate demo")]
+    Demo,
+    /// Exit 0 when the admin health endpoint answers 200 (for container health checks).
+    #[command(after_help = "Example:\n  keygate healthcheck http://127.0.0.1:9901/healthz")]
+    Healthcheck {
+        /// The URL to probe.
+        #[arg(default_value = "http://127.0.0.1:9901/healthz")]
+        url: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    keygate::telemetry::init();
+    let code = match args.command {
+        Command::Serve { config } => cli::serve(config),
+        Command::Check { config } => cli::check::run(config),
+        Command::Keygen(a) => cli::keygen::run(a),
+        Command::Hash => cli::hash::run(),
+        Command::Demo => cli::demo::run(),
+        Command::Healthcheck { url } => cli::healthcheck::run(&url),
+    };
+    ExitCode::from(code)
+}

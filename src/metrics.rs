@@ -1,0 +1,129 @@
+//! Prometheus metrics. Labels hold client ids, route and upstream names and
+//! key fingerprints: never a plain key.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A shared, cheaply cloned label value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Name(pub Arc<str>);
+
+impl Name {
+    /// A label value.
+    pub fn new(s: &str) -> Name {
+        Name(Arc::from(s))
+    }
+}
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
+/// Labels of a finished request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub client: Name,
+    pub route: Name,
+    pub status: u16,
+}
+
+/// Labels naming a client.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    pub client: Name,
+}
+
+/// Labels naming a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Labels of an upstream error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: Name,
+    pub kind: &'static str,
+}
+
+/// Labels of a key: its client and fingerprint.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub client: Name,
+    pub key: Name,
+}
+
+/// Labels of a reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// Every metric keygate exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Histogram,
+    pub rate_limited: Family<ClientLabels, Counter>,
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    pub upstream_errors: Family<UpstreamLabels, Counter>,
+    pub reloads: Family<ResultLabels, Counter>,
+    pub key_expiry: Family<KeyLabels, Gauge<i64, AtomicI64>>,
+    pub key_last_used: Family<KeyLabels, Gauge<i64, AtomicI64>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Register every metric under the `keygate_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("keygate");
+        let m = Metrics {
+            requests: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            rate_limited: Family::default(),
+            auth_failures: Family::default(),
+            upstream_errors: Family::default(),
+            reloads: Family::default(),
+            key_expiry: Family::default(),
+            key_last_used: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "Requests by client, route and status", m.requests.clone());
+        registry.register("request_duration_seconds", "Time from request to response headers", m.duration.clone());
+        registry.register("rate_limited", "Requests refused by a client's rate limit", m.rate_limited.clone());
+        registry.register("auth_failures", "Failed authentications by reason", m.auth_failures.clone());
+        registry.register("upstream_errors", "Upstream failures by upstream and kind", m.upstream_errors.clone());
+        registry.register("config_reloads", "Configuration reloads by result", m.reloads.clone());
+        registry.register("key_expiry_timestamp_seconds", "When each key expires (Unix time)", m.key_expiry.clone());
+        registry.register("key_last_used_timestamp_seconds", "When each key was last used (Unix time)", m.key_last_used.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

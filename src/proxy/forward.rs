@@ -1,0 +1,136 @@
+//! Forwarding: build the upstream request, send it, and shape the response.
+
+use std::error::Error as StdError;
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::headers;
+use crate::body::{BodyError, RequestBody};
+use crate::error::Reject;
+use crate::upstream::{Server, Upstream};
+
+/// Why an upstream call failed, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Connect,
+    Timeout,
+    Tls,
+    Protocol,
+    Body(Reject),
+}
+
+impl Failure {
+    /// The status the caller gets.
+    pub fn reject(self) -> Reject {
+        match self {
+            Failure::Timeout => Reject::GatewayTimeout,
+            Failure::Body(r) => r,
+            Failure::Connect | Failure::Tls | Failure::Protocol => Reject::BadGateway,
+        }
+    }
+
+    /// The metric label.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::Timeout => "timeout",
+            Failure::Tls => "tls",
+            Failure::Protocol => "protocol",
+            Failure::Body(_) => "request_body",
+        }
+    }
+}
+
+/// The target of the upstream request.
+pub fn upstream_uri(server: &Server, path_and_query: PathAndQuery) -> Result<Uri, Reject> {
+    Uri::builder()
+        .scheme(server.scheme.clone())
+        .authority(server.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| Reject::BadRequest)
+}
+
+/// Whether the request asks for a WebSocket upgrade.
+pub fn wants_websocket(parts: &Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts
+            .headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+/// Send `parts` + `body` to `upstream` and wait for the response head.
+pub async fn send(
+    upstream: &Upstream,
+    mut parts: Parts,
+    body: RequestBody,
+    client_upgrade: Option<OnUpgrade>,
+) -> Result<Response<Incoming>, Failure> {
+    parts.version = Version::HTTP_11;
+    if client_upgrade.is_some() {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    let request = Request::from_parts(parts, body);
+    let sent = tokio::time::timeout(upstream.request_timeout, upstream.client.request(request)).await;
+    let mut response = match sent {
+        Err(_) => return Err(Failure::Timeout),
+        Ok(Err(e)) => return Err(classify(&e)),
+        Ok(Ok(response)) => response,
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client) = client_upgrade {
+            splice(client, hyper::upgrade::on(&mut response));
+        }
+    } else {
+        headers::strip_connection_headers(response.headers_mut());
+    }
+    Ok(response)
+}
+
+/// Join an upgraded client connection to the upgraded upstream connection.
+fn splice(client: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+            return;
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
+    let mut source: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(err) = source {
+        if let Some(body) = err.downcast_ref::<BodyError>() {
+            return match body {
+                BodyError::TooLarge => Failure::Body(Reject::PayloadTooLarge),
+                BodyError::Idle => Failure::Body(Reject::RequestTimeout),
+                BodyError::Hyper(_) => Failure::Body(Reject::BadRequest),
+            };
+        }
+        let io_inner = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if err.is::<rustls::Error>() || io_inner.is_some_and(|inner| inner.is::<rustls::Error>()) {
+            return Failure::Tls;
+        }
+        source = err.source();
+    }
+    if e.is_connect() {
+        Failure::Connect
+    } else {
+        Failure::Protocol
+    }
+}

@@ -1,0 +1,236 @@
+//! Header rules for forwarding: pure functions over a `HeaderMap`.
+//!
+//! Order matters: first everything the caller may not pass on is removed
+//! (hop-by-hop, whatever `Connection` names, the key, method overrides,
+//! keygate's own headers in any spelling); only then does keygate set its own,
+//! so no header sent by the caller can remove or replace them.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers removed because they describe one connection, not the message.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers that would let a caller change the method the upstream sees.
+const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// Headers whose value upstreams trust to describe the caller.
+const SPOOFABLE: [&str; 2] = ["forwarded", "x-real-ip"];
+
+/// The request id header, kept if the caller sent a sane one.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Whether a header name is one keygate manages, so it may not be configured as a key
+/// or identity header.
+pub fn is_reserved(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    HOP_BY_HOP.contains(&n)
+        || METHOD_OVERRIDES.contains(&n)
+        || SPOOFABLE.contains(&n)
+        || dashed_prefix(n, "x-forwarded-")
+        || dashed_prefix(n, "proxy-")
+        || n == "host"
+        || n == "content-length"
+        || n == "authorization"
+        || n == REQUEST_ID.as_str()
+}
+
+/// `name` equals `target` once `_` is read as `-` (names are already lower case).
+pub fn dashed_eq(name: &str, target: &str) -> bool {
+    name.len() == target.len() && dashed_prefix(name, target)
+}
+
+/// `name` starts with `prefix` once `_` is read as `-`.
+pub fn dashed_prefix(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name
+            .bytes()
+            .zip(prefix.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+}
+
+/// The headers that carry or describe the caller's identity in this config.
+#[derive(Debug, Clone)]
+pub struct Owned<'a> {
+    pub key_header: &'a HeaderName,
+    pub identity_header: &'a HeaderName,
+}
+
+/// Whether `name` must never be passed on from a caller.
+fn must_strip(name: &str, owned: &Owned<'_>) -> bool {
+    HOP_BY_HOP.contains(&name)
+        || METHOD_OVERRIDES.iter().any(|m| dashed_eq(name, m))
+        || SPOOFABLE.iter().any(|m| dashed_eq(name, m))
+        || dashed_prefix(name, "proxy-")
+        || dashed_prefix(name, "x-forwarded-")
+        || dashed_eq(name, owned.key_header.as_str())
+        || dashed_eq(name, owned.identity_header.as_str())
+}
+
+/// Remove every header named in `Connection` and every hop-by-hop header.
+pub fn strip_connection_headers(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Remove from a request everything the caller may not pass on: hop-by-hop
+/// headers, headers named in `Connection`, the key (and `Authorization` when it
+/// carried the key), method overrides, and keygate's own headers in any spelling.
+pub fn sanitize_request(headers: &mut HeaderMap, owned: &Owned<'_>, key_in_authorization: bool) {
+    strip_connection_headers(headers);
+    if key_in_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| must_strip(name.as_str(), owned))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// What keygate tells the upstream about a forwarded request.
+#[derive(Debug, Clone)]
+pub struct Forwarded<'a> {
+    pub client_id: &'a HeaderValue,
+    pub remote_ip: HeaderValue,
+    pub proto: &'static str,
+    pub host: Option<&'a HeaderValue>,
+    pub request_id: &'a HeaderValue,
+}
+
+/// Set keygate's headers on a sanitised request.
+pub fn set_forwarded(headers: &mut HeaderMap, owned: &Owned<'_>, f: Forwarded<'_>) {
+    headers.insert(owned.identity_header.clone(), f.client_id.clone());
+    headers.insert(HeaderName::from_static("x-forwarded-for"), f.remote_ip);
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(f.proto),
+    );
+    if let Some(host) = f.host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    headers.insert(REQUEST_ID, f.request_id.clone());
+}
+
+/// A caller's request id is kept only if it is short and printable.
+pub fn acceptable_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=@".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned_names() -> (HeaderName, HeaderName) {
+        (HeaderName::from_static("x-api-key"), HeaderName::from_static("x-client-id"))
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn sanitized(pairs: &[(&str, &str)], key_in_auth: bool) -> HeaderMap {
+        let (k, i) = owned_names();
+        let mut h = map(pairs);
+        sanitize_request(&mut h, &Owned { key_header: &k, identity_header: &i }, key_in_auth);
+        h
+    }
+
+    #[test]
+    fn strips_key_header_and_underscore_variant() {
+        let h = sanitized(&[("x-api-key", "k"), ("x_api_key", "k"), ("accept", "*/*")], false);
+        assert!(h.get("x-api-key").is_none() && h.get("x_api_key").is_none());
+        assert!(h.get("accept").is_some());
+    }
+
+    #[test]
+    fn strips_identity_spoofs_in_any_spelling() {
+        let h = sanitized(&[("x-client-id", "a"), ("x_client_id", "b"), ("x_client-id", "c")], false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn strips_forwarded_family() {
+        let h = sanitized(
+            &[("x-forwarded-for", "1"), ("x_forwarded_host", "h"), ("forwarded", "for=1"), ("x-real-ip", "1")],
+            false,
+        );
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn strips_connection_named_and_hop_by_hop() {
+        let h = sanitized(
+            &[("connection", "x-secret, keep-alive"), ("connection", "x-other"), ("x-secret", "1"), ("x-other", "2"), ("te", "trailers"), ("proxy-authorization", "p"), ("keep-alive", "5"), ("upgrade", "h2c"), ("x-kept", "3")],
+            false,
+        );
+        assert_eq!(h.len(), 1);
+        assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn authorization_removed_only_when_it_carried_the_key() {
+        assert!(sanitized(&[("authorization", "Bearer k")], true).is_empty());
+        assert!(sanitized(&[("authorization", "Basic x")], false).get("authorization").is_some());
+    }
+
+    #[test]
+    fn strips_method_overrides() {
+        let h = sanitized(&[("x-http-method-override", "DELETE"), ("x-http-method", "PUT"), ("x_method_override", "PUT")], false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn connection_cannot_remove_keygate_headers() {
+        let (k, i) = owned_names();
+        let owned = Owned { key_header: &k, identity_header: &i };
+        let mut h = sanitized(&[("connection", "x-client-id, x-forwarded-for, x-request-id")], false);
+        let id = HeaderValue::from_static("billing");
+        let rid = HeaderValue::from_static("r1");
+        set_forwarded(&mut h, &owned, Forwarded { client_id: &id, remote_ip: HeaderValue::from_static("127.0.0.1"), proto: "http", host: None, request_id: &rid });
+        assert_eq!(h.get("x-client-id").unwrap(), "billing");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.1");
+        assert_eq!(h.get("x-request-id").unwrap(), "r1");
+    }
+
+    #[test]
+    fn reserved_names() {
+        assert!(is_reserved(&HeaderName::from_static("x-forwarded-for")));
+        assert!(is_reserved(&HeaderName::from_static("connection")));
+        assert!(!is_reserved(&HeaderName::from_static("x-api-key")));
+    }
+
+    #[test]
+    fn request_id_rules() {
+        assert!(acceptable_request_id(&HeaderValue::from_static("abc-123")));
+        assert!(!acceptable_request_id(&HeaderValue::from_static("a b")));
+        assert!(!acceptable_request_id(&HeaderValue::from_static("")));
+    }
+}

@@ -1,0 +1,77 @@
+//! keygate's own responses: JSON errors and the `RateLimit-*` headers.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Response;
+
+use super::rate_limit::Decision;
+use crate::body::ResponseBody;
+use crate::config::Auth;
+use crate::error::Reject;
+
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// The JSON body of an error.
+pub fn error_json(reject: Reject, request_id: &HeaderValue) -> String {
+    let (_, code, message) = reject.parts();
+    serde_json::json!({
+        "error": code,
+        "message": message,
+        "request_id": request_id.to_str().unwrap_or(""),
+    })
+    .to_string()
+}
+
+/// The response for a rejected request.
+pub fn reject(reject: Reject, request_id: &HeaderValue, limit: Option<&Decision>, auth: &Auth) -> Response<ResponseBody> {
+    let (status, _, _) = reject.parts();
+    let mut response = Response::new(ResponseBody::full(error_json(reject, request_id)));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(seconds) = reject.retry_after() {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if matches!(reject, Reject::MissingKey | Reject::InvalidKey) {
+        h.insert(header::WWW_AUTHENTICATE, challenge(auth));
+    }
+    if matches!(reject, Reject::BadRequest) {
+        // An ambiguous request may have left the stream in an unknown state.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(decision) = limit {
+        rate_limit_headers(h, decision);
+    }
+    response
+}
+
+fn challenge(auth: &Auth) -> HeaderValue {
+    if auth.schemes.iter().any(|s| s == "bearer") {
+        HeaderValue::from_static("Bearer realm=\"keygate\"")
+    } else {
+        HeaderValue::from_static("ApiKey realm=\"keygate\"")
+    }
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
+pub fn rate_limit_headers(h: &mut HeaderMap, d: &Decision) {
+    h.insert(RATELIMIT_LIMIT, HeaderValue::from(d.limit));
+    h.insert(RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
+    h.insert(RATELIMIT_RESET, HeaderValue::from(d.reset));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_escapes_request_id() {
+        let body = error_json(Reject::MissingKey, &HeaderValue::from_static("a\"b"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "missing_api_key");
+        assert_eq!(v["message"], "API key missing");
+        assert_eq!(v["request_id"], "a\"b");
+    }
+}

@@ -1,0 +1,6 @@
+//! Listeners: accept connections, hand them to hyper, drain on shutdown.
+
+pub mod listener;
+pub mod tls;
+
+pub use listener::serve;

@@ -1,0 +1,185 @@
+//! The runtime snapshot: everything a request needs, built once per
+//! configuration and swapped atomically on reload.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use rustls::ServerConfig;
+
+use crate::config::{Allowed, Config, Rate};
+use crate::keys::{self, KeyEntry, KeyTable};
+use crate::metrics::{KeyLabels, Metrics, Name};
+use crate::proxy::rate_limit::{FailureThrottle, Limiter, LocalLimiter};
+use crate::proxy::route::Router;
+use crate::tls::{self, TlsError};
+use crate::upstream::Upstream;
+
+/// A client as the request path sees it.
+#[derive(Debug)]
+pub struct ClientState {
+    pub id: Name,
+    /// The id as the identity header's value.
+    pub header_value: HeaderValue,
+    pub allowed: Allowed,
+    pub limiter: Arc<dyn Limiter>,
+    pub tls_subjects: Vec<String>,
+}
+
+impl ClientState {
+    /// Whether this client may call route `index`.
+    pub fn may_call(&self, index: usize) -> bool {
+        match &self.allowed {
+            Allowed::All => true,
+            Allowed::Only(list) => list.binary_search(&index).is_ok(),
+        }
+    }
+}
+
+/// One immutable configuration, ready to serve.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Config,
+    pub keys: KeyTable,
+    /// Fingerprint of each key, by [`KeyEntry::index`].
+    pub key_names: Vec<Name>,
+    pub router: Router,
+    pub clients: Vec<ClientState>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Route names, by route index.
+    pub route_names: Vec<Name>,
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+impl Snapshot {
+    /// Build a snapshot; rate-limit state of clients whose rate is unchanged
+    /// is carried over from `previous`.
+    pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, TlsError> {
+        let tls = config.listen.tls.as_ref().map(tls::server_config).transpose()?;
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::new(u).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut keys = KeyTable::default();
+        let mut key_names = Vec::new();
+        let clients = config
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(ci, c)| {
+                for k in &c.keys {
+                    let entry = KeyEntry {
+                        client: u32::try_from(ci).unwrap_or(u32::MAX),
+                        index: u32::try_from(key_names.len()).unwrap_or(u32::MAX),
+                        not_before: k.not_before,
+                        expires: k.expires,
+                    };
+                    keys.insert(k.digest, entry);
+                    key_names.push(Name::new(&keys::fingerprint(&k.digest)));
+                }
+                ClientState {
+                    id: Name::new(&c.id),
+                    header_value: HeaderValue::from_str(&c.id).unwrap_or(HeaderValue::from_static("invalid")),
+                    allowed: c.allowed.clone(),
+                    limiter: limiter_for(&c.id, c.rate, previous),
+                    tls_subjects: c.tls_subjects.clone(),
+                }
+            })
+            .collect();
+        Ok(Snapshot {
+            router: Router::new(&config.routes),
+            route_names: config.routes.iter().map(|r| Name::new(&r.name)).collect(),
+            keys,
+            key_names,
+            clients,
+            upstreams,
+            tls,
+            config,
+        })
+    }
+
+    /// Export each key's expiry time, replacing what an older snapshot set.
+    pub fn publish_key_metrics(&self, metrics: &Metrics) {
+        metrics.key_expiry.clear();
+        for (client, c) in self.clients.iter().zip(&self.config.clients) {
+            for k in &c.keys {
+                if let Some(expires) = k.expires {
+                    let labels = KeyLabels { client: client.id.clone(), key: Name::new(&keys::fingerprint(&k.digest)) };
+                    metrics.key_expiry.get_or_create(&labels).set(expires);
+                }
+            }
+        }
+    }
+}
+
+fn limiter_for(id: &str, rate: Rate, previous: Option<&Snapshot>) -> Arc<dyn Limiter> {
+    let kept = previous.and_then(|p| {
+        p.clients.iter().find(|c| &*c.id.0 == id).map(|c| c.limiter.clone()).filter(|l| l.rate() == rate)
+    });
+    kept.unwrap_or_else(|| Arc::new(LocalLimiter::new(rate)))
+}
+
+/// Makes request ids: a random per-process prefix and a counter, so no
+/// random number is drawn per request.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: String,
+    counter: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let mut seed = [0u8; 6];
+        let _ = getrandom::fill(&mut seed);
+        RequestIds { prefix: hex::encode(seed), counter: AtomicU64::new(0) }
+    }
+}
+
+impl RequestIds {
+    /// The next id.
+    pub fn next(&self) -> HeaderValue {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n:08x}", self.prefix);
+        HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+    }
+}
+
+/// State shared by every connection for the life of the process.
+#[derive(Debug)]
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    pub throttle: FailureThrottle,
+    pub request_ids: RequestIds,
+    /// Set once the listeners are bound; cleared when draining starts.
+    pub ready: AtomicBool,
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    /// Shared state serving `snapshot`.
+    pub fn new(snapshot: Snapshot) -> Shared {
+        let metrics = Arc::new(Metrics::new());
+        snapshot.publish_key_metrics(&metrics);
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            throttle: FailureThrottle::default(),
+            request_ids: RequestIds::default(),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Build a snapshot from `config` and swap it in.
+    pub fn replace(&self, config: Config) -> Result<(), TlsError> {
+        let current = self.snapshot.load_full();
+        let next = Snapshot::build(config, Some(&current))?;
+        next.publish_key_metrics(&self.metrics);
+        self.snapshot.store(Arc::new(next));
+        Ok(())
+    }
+}
+

@@ -1,0 +1,15 @@
+//! Logging: `KEYGATE_LOG` filters, `KEYGATE_LOG_FORMAT` picks `pretty` or `json`.
+
+use tracing_subscriber::EnvFilter;
+
+/// Install the global subscriber, writing to standard error.
+pub fn init() {
+    let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("KEYGATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).with_current_span(false).try_init()
+    } else {
+        builder.with_ansi(false).try_init()
+    };
+}

@@ -1,0 +1,190 @@
+//! rustls configuration: one explicit crypto provider (ring), TLS 1.2 and
+//! 1.3 with AEAD suites only, certificate loading and checking.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::config::TlsFiles;
+
+/// A certificate or key problem, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn file_error(path: &Path, message: impl Into<String>) -> TlsError {
+    TlsError::File { path: path.to_path_buf(), message: message.into() }
+}
+
+/// The one crypto provider: ring, every suite of which is AEAD (GCM or ChaCha20-Poly1305).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, format!("cannot read certificates: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, format!("malformed PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, format!("no usable private key: {e}")))
+}
+
+/// The listener's server configuration: ALPN `h2` then `http/1.1`, the server's
+/// suite order, and client certificates required when `client_ca` is set.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = load_certs(&files.cert)?;
+    let key = load_key(&files.key)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let roots = Arc::new(root_store(ca)?);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|e| file_error(ca, format!("unusable client CA: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| file_error(&files.key, format!("does not fit {}: {e}", files.cert.display())))?;
+    config.ignore_client_order = true;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| file_error(path, format!("unusable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// A client configuration for https upstreams: the system roots, or `ca` alone.
+pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    let roots = match ca {
+        Some(ca) => root_store(ca)?,
+        None => {
+            let mut roots = RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // A bad system root is skipped rather than disabling https.
+                let _ = roots.add(cert);
+            }
+            roots
+        }
+    };
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// Checks `check` adds beyond loading: expired certificates and a client CA
+/// that is not a CA.
+pub fn inspect(files: &TlsFiles) -> Vec<TlsError> {
+    let mut problems = Vec::new();
+    if let Err(e) = server_config(files) {
+        problems.push(e);
+        return problems;
+    }
+    if let Ok(certs) = load_certs(&files.cert) {
+        if let Some(leaf) = certs.first() {
+            if let Some(msg) = expiry_problem(leaf) {
+                problems.push(file_error(&files.cert, msg));
+            }
+        }
+    }
+    if let Some(ca) = &files.client_ca {
+        if let Ok(certs) = load_certs(ca) {
+            if certs.iter().any(|c| !is_ca(c)) {
+                problems.push(file_error(ca, "is not a CA certificate (basicConstraints CA:TRUE missing)"));
+            }
+        }
+    }
+    problems
+}
+
+fn expiry_problem(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let validity = parsed.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    if validity.not_after < now {
+        return Some(format!("certificate expired on {}", validity.not_after));
+    }
+    if validity.not_before > now {
+        return Some(format!("certificate is not valid before {}", validity.not_before));
+    }
+    None
+}
+
+fn is_ca(cert: &CertificateDer<'_>) -> bool {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return false;
+    };
+    matches!(parsed.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
+}
+
+/// The subject of a peer certificate as `(attribute, value)` pairs, e.g. `("CN", "billing")`.
+pub fn subject_of(cert: &CertificateDer<'_>) -> Vec<(String, String)> {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return Vec::new();
+    };
+    let registry = x509_parser::objects::oid_registry();
+    parsed
+        .subject()
+        .iter_attributes()
+        .filter_map(|attr| {
+            let name = x509_parser::objects::oid2abbrev(attr.attr_type(), registry).ok()?;
+            Some((name.to_string(), attr.as_str().ok()?.to_string()))
+        })
+        .collect()
+}
+
+/// Whether `subject` holds every `K=V` of `pattern` (e.g. `"CN=billing, O=Acme"`).
+pub fn subject_matches(subject: &[(String, String)], pattern: &str) -> bool {
+    let mut wanted = pattern.split(',').map(str::trim).filter(|p| !p.is_empty()).peekable();
+    wanted.peek().is_some()
+        && wanted.all(|part| {
+            part.split_once('=').is_some_and(|(k, v)| {
+                subject.iter().any(|(sk, sv)| sk.eq_ignore_ascii_case(k.trim()) && sv == v.trim())
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject() -> Vec<(String, String)> {
+        vec![("CN".into(), "billing".into()), ("O".into(), "Acme".into())]
+    }
+
+    #[test]
+    fn subject_pattern_matches_subset() {
+        assert!(subject_matches(&subject(), "CN=billing"));
+        assert!(subject_matches(&subject(), "cn=billing, O=Acme"));
+        assert!(!subject_matches(&subject(), "CN=orders"));
+        assert!(!subject_matches(&subject(), ""));
+    }
+}
