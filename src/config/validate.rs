@@ -80,7 +80,10 @@ pub(super) fn validate(
         problems: Vec::new(),
         warnings: Vec::new(),
     };
-    let listen = listen(&mut c, &file.listen);
+    let tls_overridden = ["KEYGATE_TLS_CERT", "KEYGATE_TLS_KEY"]
+        .iter()
+        .all(|k| env_vars.get(*k).is_some_and(|v| !v.is_empty()));
+    let listen = listen(&mut c, &file.listen, tls_overridden);
     let admin = file
         .admin
         .as_ref()
@@ -140,15 +143,22 @@ impl Rate {
     };
 }
 
-fn listen(c: &mut Checker<'_>, t: &file::ListenToml) -> Option<Listen> {
+fn listen(c: &mut Checker<'_>, t: &file::ListenToml, tls_overridden: bool) -> Option<Listen> {
     let d = Listen::defaults();
     let address = match &t.address {
         Some(a) => socket_addr(c, a, "listen.address")?,
         None => d.address,
     };
     let tls = t.tls.as_ref().map(|tls| TlsFiles {
-        cert: readable(c, &tls.cert, "listen.tls.cert"),
-        key: readable(c, &tls.key, "listen.tls.key"),
+        // KEYGATE_TLS_CERT/KEY replace these files: do not require them.
+        cert: match tls_overridden {
+            true => c.file_path(tls.cert.get_ref()),
+            false => readable(c, &tls.cert, "listen.tls.cert"),
+        },
+        key: match tls_overridden {
+            true => c.file_path(tls.key.get_ref()),
+            false => readable(c, &tls.key, "listen.tls.key"),
+        },
         client_ca: tls
             .client_ca
             .as_ref()

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -38,7 +38,8 @@ pub trait Limiter: Send + Sync + fmt::Debug {
     fn rate(&self) -> Rate;
 }
 
-type Gcra = governor::RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+type Gcra =
+    governor::RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
 /// An in-process GCRA limiter (lock-free: one atomic compare-and-swap per check).
 pub struct LocalLimiter {
@@ -49,7 +50,9 @@ pub struct LocalLimiter {
 
 impl fmt::Debug for LocalLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LocalLimiter").field("rate", &self.rate).finish()
+        f.debug_struct("LocalLimiter")
+            .field("rate", &self.rate)
+            .finish()
     }
 }
 
@@ -61,8 +64,13 @@ impl LocalLimiter {
         let quota = Quota::with_period(interval)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
             .allow_burst(burst);
-        let gcra = governor::RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>();
-        LocalLimiter { gcra, rate, interval }
+        let gcra =
+            governor::RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>();
+        LocalLimiter {
+            gcra,
+            rate,
+            interval,
+        }
     }
 }
 
@@ -87,11 +95,13 @@ impl Limiter for LocalLimiter {
             }
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
+                // Once the next request may pass, the other `burst - 1` refill one interval each.
+                let full = wait + self.interval.saturating_mul(limit.saturating_sub(1));
                 Decision {
                     allowed: false,
                     limit,
                     remaining: 0,
-                    reset: ceil_secs(self.interval.saturating_mul(limit)),
+                    reset: ceil_secs(full),
                     retry_after: ceil_secs(wait).max(1),
                 }
             }
@@ -112,6 +122,9 @@ pub struct FailureThrottle {
     entries: AtomicUsize,
     epoch: Instant,
     cap: usize,
+    /// When a full table was last pruned (nanoseconds since `epoch`), so a
+    /// flood at the cap costs one sweep per second, not one per failure.
+    last_prune: AtomicU64,
 }
 
 /// The most addresses tracked at once (about 6 MiB): beyond it, new addresses
@@ -127,7 +140,13 @@ impl Default for FailureThrottle {
 impl FailureThrottle {
     /// A throttle tracking at most `cap` addresses.
     pub fn with_cap(cap: usize) -> FailureThrottle {
-        FailureThrottle { tat: DashMap::new(), entries: AtomicUsize::new(0), epoch: Instant::now(), cap }
+        FailureThrottle {
+            tat: DashMap::new(),
+            entries: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            cap,
+            last_prune: AtomicU64::new(0),
+        }
     }
 
     fn now(&self) -> Duration {
@@ -156,7 +175,7 @@ impl FailureThrottle {
             return;
         }
         if self.entries.load(Ordering::Relaxed) >= self.cap {
-            self.prune();
+            self.prune_at_cap(now);
             if self.entries.load(Ordering::Relaxed) >= self.cap {
                 return;
             }
@@ -169,8 +188,23 @@ impl FailureThrottle {
     /// Forget addresses that have fully recovered.
     pub fn prune(&self) {
         let now = self.now();
+        self.last_prune.store(nanos(now), Ordering::Relaxed);
         self.tat.retain(|_, tat| *tat > now);
         self.entries.store(self.tat.len(), Ordering::Relaxed);
+    }
+
+    /// Prune a full table, at most once a second.
+    fn prune_at_cap(&self, now: Duration) {
+        let last = self.last_prune.load(Ordering::Relaxed);
+        let due = nanos(now).saturating_sub(last) >= 1_000_000_000;
+        let won = due
+            && self
+                .last_prune
+                .compare_exchange(last, nanos(now), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if won {
+            self.prune();
+        }
     }
 
     /// Addresses tracked now.
@@ -182,6 +216,10 @@ impl FailureThrottle {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// IPv4 per address; IPv6 per /64, the block one host usually holds.
@@ -205,7 +243,10 @@ mod tests {
 
     #[test]
     fn burst_then_refused() {
-        let l = LocalLimiter::new(Rate { per_second: 1.0, burst: 3 });
+        let l = LocalLimiter::new(Rate {
+            per_second: 1.0,
+            burst: 3,
+        });
         let remaining: Vec<u32> = (0..3).map(|_| l.check().remaining).collect();
         assert_eq!(remaining, vec![2, 1, 0]);
         let refused = l.check();
@@ -234,6 +275,60 @@ mod tests {
             t.record_failure(IpAddr::V4(Ipv4Addr::from(i)), 20);
         }
         assert!(t.len() <= 1000);
+    }
+
+    #[test]
+    fn retry_after_and_reset_round_up() {
+        let l = LocalLimiter::new(Rate {
+            per_second: 0.25,
+            burst: 2,
+        });
+        let first = l.check();
+        assert_eq!((first.remaining, first.reset), (1, 4));
+        assert_eq!(l.check().reset, 8);
+        let refused = l.check();
+        assert!(!refused.allowed);
+        assert!((3..=4).contains(&refused.retry_after), "{refused:?}");
+        assert!((7..=8).contains(&refused.reset), "{refused:?}");
+    }
+
+    #[test]
+    fn ipv6_flood_stays_within_cap() {
+        let t = FailureThrottle::with_cap(500);
+        for i in 0..20_000u16 {
+            let a: IpAddr = IpAddr::from([0x2001, 0xdb8, i, 0, 0, 0, 0, 1]);
+            t.record_failure(a, 20);
+            assert!(t.blocked(a).is_none());
+        }
+        assert!(t.len() <= 500);
+        assert!(t.tat.len() <= 500);
+    }
+
+    #[test]
+    fn pruning_frees_room_for_new_addresses() {
+        let t = FailureThrottle::with_cap(10);
+        for i in 0..10u32 {
+            t.record_failure(IpAddr::V4(Ipv4Addr::from(i)), u32::MAX);
+        }
+        let start = Instant::now();
+        while t.now()
+            <= *t
+                .tat
+                .iter()
+                .map(|e| *e.value())
+                .max()
+                .get_or_insert_default()
+        {
+            assert!(start.elapsed() < Duration::from_secs(1));
+            std::hint::spin_loop();
+        }
+        t.prune();
+        assert!(t.is_empty());
+        let a = IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9));
+        for _ in 0..3 {
+            t.record_failure(a, 2);
+        }
+        assert!(t.blocked(a).is_some());
     }
 
     #[test]
