@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::access_log::Record;
+use crate::upstream::PooledBody;
 
 /// Why a request body stopped.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +86,7 @@ use std::future::Future;
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(PooledBody),
 }
 
 /// A response body: keygate's own (JSON errors, admin pages) or the upstream's,
@@ -107,7 +108,7 @@ impl ResponseBody {
     }
 
     /// The upstream's body, streamed.
-    pub fn upstream(body: Incoming) -> ResponseBody {
+    pub fn upstream(body: PooledBody) -> ResponseBody {
         ResponseBody { kind: Kind::Upstream(body), record: None }
     }
 

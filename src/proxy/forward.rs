@@ -6,14 +6,13 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::headers;
 use crate::body::{BodyError, RequestBody};
 use crate::error::Reject;
-use crate::upstream::{Server, Upstream};
+use crate::upstream::{PooledBody, SendError, Server, Upstream};
 
 /// Why an upstream call failed, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,14 +46,9 @@ impl Failure {
     }
 }
 
-/// The target of the upstream request.
-pub fn upstream_uri(server: &Server, path_and_query: PathAndQuery) -> Result<Uri, Reject> {
-    Uri::builder()
-        .scheme(server.scheme.clone())
-        .authority(server.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| Reject::BadRequest)
+/// The target of the upstream request: origin-form, as HTTP/1.1 servers expect.
+pub fn upstream_uri(path_and_query: PathAndQuery) -> Uri {
+    Uri::from(path_and_query)
 }
 
 /// Whether the request asks for a WebSocket upgrade.
@@ -74,17 +68,24 @@ pub fn wants_websocket(parts: &Parts) -> bool {
 /// Send `parts` + `body` to `upstream` and wait for the response head.
 pub async fn send(
     upstream: &Upstream,
+    server: &Server,
     mut parts: Parts,
     body: RequestBody,
     client_upgrade: Option<OnUpgrade>,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<PooledBody>, Failure> {
     parts.version = Version::HTTP_11;
+    if !parts.headers.contains_key(header::HOST) {
+        // HTTP/1.1 needs a Host: a caller that sent none gets the server's.
+        if let Ok(host) = HeaderValue::from_str(server.authority.as_str()) {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
     if client_upgrade.is_some() {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     let request = Request::from_parts(parts, body);
-    let sent = tokio::time::timeout(upstream.request_timeout, upstream.client.request(request)).await;
+    let sent = tokio::time::timeout(upstream.request_timeout, server.pool.send(request)).await;
     let mut response = match sent {
         Err(_) => return Err(Failure::Timeout),
         Ok(Err(e)) => return Err(classify(&e)),
@@ -112,7 +113,12 @@ fn splice(client: OnUpgrade, upstream: OnUpgrade) {
     });
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
+fn classify(e: &SendError) -> Failure {
+    let e = match e {
+        SendError::Connect(_) | SendError::ConnectTimeout => return Failure::Connect,
+        SendError::Tls(_) => return Failure::Tls,
+        SendError::Http(e) => e,
+    };
     let mut source: Option<&(dyn StdError + 'static)> = e.source();
     while let Some(err) = source {
         if let Some(body) = err.downcast_ref::<BodyError>() {
@@ -122,15 +128,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
                 BodyError::Hyper(_) => Failure::Body(Reject::BadRequest),
             };
         }
-        let io_inner = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
-        if err.is::<rustls::Error>() || io_inner.is_some_and(|inner| inner.is::<rustls::Error>()) {
-            return Failure::Tls;
-        }
         source = err.source();
     }
-    if e.is_connect() {
-        Failure::Connect
-    } else {
-        Failure::Protocol
-    }
+    Failure::Protocol
 }

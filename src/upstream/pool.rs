@@ -1,0 +1,183 @@
+//! A small pool of HTTP/1.1 connections to one server.
+//!
+//! Each connection is driven by one task for its whole life; a request takes
+//! an idle connection from a lock-free queue and its response body hands the
+//! connection back when it ends. No task is spawned and no lock is taken per
+//! request (the legacy pooled client does both).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::body::RequestBody;
+
+type Sender = SendRequest<RequestBody>;
+
+/// Idle connections kept per server; more are closed when they finish.
+const IDLE_PER_SERVER: usize = 512;
+
+/// Why a request could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("TLS: {0}")]
+    Tls(io::Error),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Target {
+    /// `host:port` to connect to.
+    pub address: String,
+    /// Set for `https://` servers: the connector and the name to verify.
+    pub tls: Option<(TlsConnector, ServerName<'static>)>,
+    pub connect_timeout: Duration,
+}
+
+/// Idle connections to one server.
+pub struct Pool {
+    idle: ArrayQueue<Sender>,
+    target: Target,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("address", &self.target.address).field("idle", &self.idle.len()).finish()
+    }
+}
+
+impl Pool {
+    /// An empty pool for `target`.
+    pub fn new(target: Target) -> Arc<Pool> {
+        Arc::new(Pool { idle: ArrayQueue::new(IDLE_PER_SERVER), target })
+    }
+
+    /// Send `req` on an idle connection, or on a new one.
+    pub async fn send(self: &Arc<Self>, mut req: Request<RequestBody>) -> Result<Response<PooledBody>, SendError> {
+        while let Some(mut sender) = self.idle.pop() {
+            if sender.is_closed() || (!sender.is_ready() && !self.wait_ready(&mut sender).await) {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok(self.wrap(response, sender)),
+                // The connection closed before the request was written: try another.
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let response = sender.send_request(req).await?;
+        Ok(self.wrap(response, sender))
+    }
+
+    /// A returned connection may not have finished its last exchange yet.
+    async fn wait_ready(&self, sender: &mut Sender) -> bool {
+        matches!(tokio::time::timeout(self.target.connect_timeout, sender.ready()).await, Ok(Ok(())))
+    }
+
+    fn wrap(self: &Arc<Self>, response: Response<Incoming>, sender: Sender) -> Response<PooledBody> {
+        let upgrading = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        let mut reuse = (!upgrading).then(|| (sender, self.clone()));
+        if response.body().is_end_stream() {
+            give_back(&mut reuse);
+        }
+        response.map(|inner| PooledBody { inner, reuse })
+    }
+
+    fn put(&self, sender: Sender) {
+        // A full pool closes the extra connection by dropping it.
+        let _ = self.idle.push(sender);
+    }
+
+    async fn connect(&self) -> Result<Sender, SendError> {
+        let t = &self.target;
+        let tcp = match tokio::time::timeout(t.connect_timeout, TcpStream::connect(&t.address)).await {
+            Err(_) => return Err(SendError::ConnectTimeout),
+            Ok(Err(e)) => return Err(SendError::Connect(e)),
+            Ok(Ok(tcp)) => tcp,
+        };
+        let _ = tcp.set_nodelay(true);
+        match &t.tls {
+            None => handshake(tcp).await,
+            Some((connector, name)) => {
+                let tls = tokio::time::timeout(t.connect_timeout, connector.connect(name.clone(), tcp))
+                    .await
+                    .map_err(|_| SendError::ConnectTimeout)?
+                    .map_err(SendError::Tls)?;
+                handshake(tls).await
+            }
+        }
+    }
+}
+
+async fn handshake<I>(io: I) -> Result<Sender, SendError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new().writev(false).handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+fn give_back(reuse: &mut Option<(Sender, Arc<Pool>)>) {
+    if let Some((sender, pool)) = reuse.take() {
+        pool.put(sender);
+    }
+}
+
+/// An upstream response body that returns its connection to the pool when it ends.
+pub struct PooledBody {
+    inner: Incoming,
+    reuse: Option<(Sender, Arc<Pool>)>,
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => give_back(&mut this.reuse),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => give_back(&mut this.reuse),
+            // A broken body means a broken connection: drop it.
+            Poll::Ready(Some(Err(_))) => this.reuse = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
