@@ -100,7 +100,7 @@ async fn run(
     // The query may hold the key until it is known where the key came from.
     record.target = path.to_string();
     let auth = &snap.config.auth;
-    if let Some(retry_after) = shared.throttle.blocked(conn.remote.ip()) {
+    if let Some(retry_after) = shared.throttle.blocked(conn.remote.ip(), auth.max_failures_per_minute) {
         count_failure(shared, "too_many_failures");
         return Err(plain(Reject::TooManyFailures { retry_after }));
     }
@@ -132,11 +132,11 @@ async fn run(
     record.upstream = Some(crate::metrics::Name(upstream.name.clone()));
     let server = upstream.pick().ok_or(with_limit(Reject::BadGateway))?;
     let pq = path_and_query(&parts, &path, query.as_deref()).map_err(with_limit)?;
-    parts.uri = forward::upstream_uri(server, pq).map_err(with_limit)?;
+    parts.uri = forward::upstream_uri(pq);
     let upgrade = forward::wants_websocket(&parts).then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
     prepare_headers(&mut parts, snap, client, conn, source, host.as_ref(), &record.request_id);
     let body = RequestBody::new(body, route.max_body, snap.config.listen.body_timeout);
-    let response = forward::send(upstream, parts, body, upgrade).await.map_err(|f| {
+    let response = forward::send(upstream, server, parts, body, upgrade).await.map_err(|f| {
         let labels = crate::metrics::UpstreamLabels { upstream: crate::metrics::Name(upstream.name.clone()), kind: f.kind() };
         shared.metrics.upstream_errors.get_or_create(&labels).inc();
         tracing::warn!(request_id = ?record.request_id, upstream = %upstream.name, kind = f.kind(), "upstream request failed");
