@@ -114,7 +114,8 @@ fn clients(c: &mut Checker<'_>, config: &mut Config, env: &Env, default_rate: Ra
         }
         let allowed = env_routes(c, config, env, suffix);
         let key = keys::digest(plain.as_bytes());
-        let key = super::Key { digest: key, not_before: None, expires: None };
+        let origin = super::KeyOrigin::Env(var.clone());
+        let key = super::Key { digest: key, not_before: None, expires: None, origin };
         match config.clients.iter_mut().find(|cl| cl.id == id) {
             Some(existing) => existing.keys.push(key),
             None => config.clients.push(Client {

@@ -4,11 +4,17 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use toml_edit::{Item, TableLike, Value};
+
 /// Where a configuration problem was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// A position in a file: 1-based line and column.
-    File { path: PathBuf, line: usize, col: usize },
+    File {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+    },
     /// An environment variable.
     Env(String),
     /// Nowhere in particular (e.g. a missing setting).
@@ -108,9 +114,66 @@ fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
     offset
 }
 
-/// The dotted field path of the key written at `offset`, inferred from the
-/// table header above it: serde reports unknown fields with a span but no path.
+/// The dotted field path (`clients.billing.keys[1].expires`) of the key or
+/// value written at `offset`: serde reports unknown fields and wrong types
+/// with a span but no path.
 pub fn field_path_at(text: &str, offset: usize) -> String {
+    match toml_edit::ImDocument::parse(text) {
+        Ok(doc) => in_table(doc.as_table(), offset, "").unwrap_or_default(),
+        // Not TOML at all: the table header above is the best guess.
+        Err(_) => guess_field_path(text, offset),
+    }
+}
+
+fn contains(span: Option<Range<usize>>, offset: usize) -> bool {
+    span.is_some_and(|s| s.start <= offset && offset < s.end)
+}
+
+/// The path of the entry of `table` that holds `offset`, below `path`.
+fn in_table(table: &dyn TableLike, offset: usize, path: &str) -> Option<String> {
+    table.iter().find_map(|(name, _)| {
+        let (key, item) = table.get_key_value(name)?;
+        let here = if path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        };
+        if contains(key.span(), offset) {
+            return Some(here);
+        }
+        match item {
+            Item::Table(t) => in_header(t, offset, here),
+            Item::ArrayOfTables(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, t)| in_header(t, offset, format!("{here}[{i}]"))),
+            Item::Value(v) if contains(v.span(), offset) => Some(in_value(v, offset, here)),
+            _ => None,
+        }
+    })
+}
+
+/// The path of what holds `offset` in the table, else the table's own path
+/// when `offset` is elsewhere in it (a missing field points at its header).
+fn in_header(table: &toml_edit::Table, offset: usize, path: String) -> Option<String> {
+    in_table(table, offset, &path).or_else(|| contains(table.span(), offset).then_some(path))
+}
+
+/// The path of the part of `value` (at `path`) that holds `offset`.
+fn in_value(value: &Value, offset: usize, path: String) -> String {
+    let inner = match value {
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find(|(_, v)| contains(v.span(), offset))
+            .map(|(i, v)| in_value(v, offset, format!("{path}[{i}]"))),
+        Value::InlineTable(t) => in_table(t, offset, &path),
+        _ => None,
+    };
+    inner.unwrap_or(path)
+}
+
+fn guess_field_path(text: &str, offset: usize) -> String {
     let offset = floor_char_boundary(text, offset.min(text.len()));
     let before = text.get(..offset).unwrap_or("");
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -158,6 +221,43 @@ mod tests {
     #[test]
     fn field_path_uses_table_header() {
         let text = "[listen]\nadress = \"x\"\n";
+        assert_eq!(field_path_at(text, 9), "listen.adress");
+    }
+
+    #[test]
+    fn field_path_inside_inline_tables_and_arrays() {
+        let text = "[clients.billing]\nkeys = [\n  { hash = \"a\" },\n  { hash = \"b\", expirs = \"x\" },\n]\nrate_limit = { brust = 2 }\n";
+        let at = |needle: &str| field_path_at(text, text.find(needle).unwrap_or(0));
+        assert_eq!(at("expirs"), "clients.billing.keys[1].expirs");
+        assert_eq!(at("\"b\""), "clients.billing.keys[1].hash");
+        assert_eq!(at("brust"), "clients.billing.rate_limit.brust");
+    }
+
+    #[test]
+    fn field_path_of_a_table_header() {
+        let text = "[[routes]]\nname = \"a\"\n[[routes]]\nname = \"b\"\n[clients.x]\nkeys = []\n";
+        assert_eq!(
+            field_path_at(text, text.rfind("[[routes]]").unwrap_or(0)),
+            "routes[1]"
+        );
+        assert_eq!(
+            field_path_at(text, text.find("[clients").unwrap_or(0)),
+            "clients.x"
+        );
+    }
+
+    #[test]
+    fn field_path_of_a_value() {
+        let text = "[listen]\nmax_connections = \"ten\"\n";
+        assert_eq!(
+            field_path_at(text, text.find("\"ten").unwrap_or(0)),
+            "listen.max_connections"
+        );
+    }
+
+    #[test]
+    fn field_path_guessed_for_broken_toml() {
+        let text = "[listen]\nadress = \"x\"\n[broken\n";
         assert_eq!(field_path_at(text, 9), "listen.adress");
     }
 

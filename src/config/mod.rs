@@ -137,6 +137,17 @@ pub struct Key {
     pub not_before: Option<i64>,
     /// Unix seconds.
     pub expires: Option<i64>,
+    /// Where it was configured, so a problem with it can point there.
+    pub origin: KeyOrigin,
+}
+
+/// Where a key was configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// In the file: its field (`clients.billing.keys[1]`) and the span of its `hash` or `env`.
+    File { field: String, span: std::ops::Range<usize> },
+    /// A `KEYGATE_KEY_*` variable.
+    Env(String),
 }
 
 /// Load the configuration as `serve` would: the file (if any), then the environment.

@@ -13,7 +13,7 @@ use toml::Spanned;
 use super::error::{Origin, Problem, Source};
 use super::file::{self, FileConfig, Str};
 use super::{env, Allowed, Auth, Client, Config, ConfigError, Env, Key, Listen, Rate, Route};
-use super::{TlsFiles, Upstream};
+use super::{KeyOrigin, TlsFiles, Upstream};
 use crate::keys;
 
 /// Collects problems while validating.
@@ -107,7 +107,7 @@ pub(super) fn validate(
         warnings: Vec::new(),
     };
     env::apply(&mut c, &mut config, env_vars, default_rate);
-    final_checks(&mut c, &config, &file);
+    final_checks(&mut c, &config);
     config.warnings = std::mem::take(&mut c.warnings);
     if c.problems.is_empty() {
         Ok(config)
@@ -537,7 +537,9 @@ fn key(c: &mut Checker<'_>, k: &file::KeyToml, field: &str, env_vars: &Env) -> O
     if let (Some(ex), Some(e)) = (expires, &k.expires) {
         expiry_warning(c, ex, e.span(), field);
     }
-    Some(Key { digest: digest?, not_before, expires })
+    let span = k.hash.as_ref().or(k.env.as_ref()).map_or(0..0, |s| s.span());
+    let origin = KeyOrigin::File { field: field.to_string(), span };
+    Some(Key { digest: digest?, not_before, expires, origin })
 }
 
 fn expiry_warning(c: &mut Checker<'_>, expires: i64, span: Range<usize>, field: &str) {
@@ -558,11 +560,11 @@ fn timestamp(c: &mut Checker<'_>, v: &Str, field: &str) -> Option<i64> {
     parsed
 }
 
-fn final_checks(c: &mut Checker<'_>, config: &Config, file: &FileConfig) {
+fn final_checks(c: &mut Checker<'_>, config: &Config) {
     if config.routes.is_empty() {
         c.push(Origin::None, "routes", "no route is defined: add [[routes]] or set KEYGATE_UPSTREAM");
     }
-    duplicate_digests(c, config, file);
+    duplicate_digests(c, config);
     for client in &config.clients {
         if !client.tls_subjects.is_empty() && config.listen.tls.as_ref().and_then(|t| t.client_ca.as_ref()).is_none() {
             c.push(Origin::None, &format!("clients.{}.tls_subjects", client.id), "needs listen.tls.client_ca: subjects come from verified client certificates");
@@ -573,19 +575,22 @@ fn final_checks(c: &mut Checker<'_>, config: &Config, file: &FileConfig) {
     }
 }
 
-fn duplicate_digests(c: &mut Checker<'_>, config: &Config, file: &FileConfig) {
-    let mut seen: HashMap<[u8; 32], (String, usize)> = HashMap::new();
+fn duplicate_digests(c: &mut Checker<'_>, config: &Config) {
+    let mut seen: HashMap<[u8; 32], String> = HashMap::new();
     for client in &config.clients {
-        for (i, key) in client.keys.iter().enumerate() {
-            if let Some((first, j)) = seen.insert(key.digest, (client.id.clone(), i)) {
-                let span = file
-                    .clients
-                    .get(&client.id)
-                    .and_then(|cl| cl.keys.get(i))
-                    .and_then(|k| k.hash.as_ref().or(k.env.as_ref()))
-                    .map_or(0..0, |s| s.span());
-                let field = format!("clients.{}.keys[{i}]", client.id);
-                c.error(span, &field, format!("duplicate key: the same key is clients.{first}.keys[{j}]"));
+        for key in &client.keys {
+            let name = match &key.origin {
+                KeyOrigin::File { field, .. } => field.clone(),
+                KeyOrigin::Env(var) => var.clone(),
+            };
+            let Some(first) = seen.get(&key.digest) else {
+                seen.insert(key.digest, name);
+                continue;
+            };
+            let message = format!("duplicate key: the same key is {first}");
+            match &key.origin {
+                KeyOrigin::File { field, span } => c.error(span.clone(), field, message),
+                KeyOrigin::Env(var) => c.push(Origin::Env(var.clone()), &format!("clients.{}", client.id), message),
             }
         }
     }

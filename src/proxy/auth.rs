@@ -50,7 +50,10 @@ pub fn extract<'a>(
             };
             return match key.is_empty() {
                 true => Err(Reject::MissingKey),
-                false => Ok(Presented { key, source: KeySource::Query }),
+                false => Ok(Presented {
+                    key,
+                    source: KeySource::Query,
+                }),
             };
         }
     }
@@ -61,17 +64,27 @@ fn non_empty(key: &[u8], source: KeySource) -> Result<Presented<'_>, Reject> {
     if key.is_empty() {
         return Err(Reject::MissingKey);
     }
-    Ok(Presented { key: Cow::Borrowed(key), source })
+    Ok(Presented {
+        key: Cow::Borrowed(key),
+        source,
+    })
 }
 
 /// The key in `Authorization` when its scheme is an accepted one.
-fn from_authorization<'a>(headers: &'a HeaderMap, schemes: &[String]) -> Result<Option<&'a [u8]>, Reject> {
+fn from_authorization<'a>(
+    headers: &'a HeaderMap,
+    schemes: &[String],
+) -> Result<Option<&'a [u8]>, Reject> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else { return Ok(None) };
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
     let bytes = value.as_bytes();
     let split = bytes.iter().position(|b| *b == b' ').unwrap_or(bytes.len());
     let (scheme, rest) = bytes.split_at(split);
-    let accepted = schemes.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(scheme));
+    let accepted = schemes
+        .iter()
+        .any(|s| s.as_bytes().eq_ignore_ascii_case(scheme));
     if !accepted {
         return Ok(None);
     }
@@ -89,11 +102,20 @@ pub fn query_value<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
     })
 }
 
+/// Whether `query` holds a `name` parameter.
+pub fn has_query_param(query: &str, name: &str) -> bool {
+    query.split('&').any(|pair| param_name(pair) == name)
+}
+
+fn param_name(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(k, _)| k)
+}
+
 /// `query` without any `name=` parameter; `None` when nothing remains.
 pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .filter(|pair| param_name(pair) != name)
         .collect();
     let joined = kept.join("&");
     (!joined.is_empty()).then_some(joined)
@@ -123,7 +145,9 @@ fn percent_decode(v: &str) -> Cow<'_, str> {
 }
 
 fn hex_val(b: u8) -> Option<u8> {
-    char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// Look a presented key up: unknown, corrupt, expired and not-yet-valid keys
@@ -172,7 +196,10 @@ mod tests {
     fn bearer_any_case() {
         let h = headers(&[("authorization", "bEaReR  k2 ")]);
         let p = extract(&h, None, &auth(None)).unwrap();
-        assert_eq!((p.key.as_ref(), p.source), (&b"k2"[..], KeySource::Authorization));
+        assert_eq!(
+            (p.key.as_ref(), p.source),
+            (&b"k2"[..], KeySource::Authorization)
+        );
     }
 
     #[test]
@@ -184,7 +211,10 @@ mod tests {
     #[test]
     fn query_only_when_enabled() {
         let h = HeaderMap::new();
-        assert_eq!(extract(&h, Some("api_key=k3"), &auth(None)), Err(Reject::MissingKey));
+        assert_eq!(
+            extract(&h, Some("api_key=k3"), &auth(None)),
+            Err(Reject::MissingKey)
+        );
         let p = extract(&h, Some("a=1&api_key=k%33"), &auth(Some("api_key"))).unwrap();
         assert_eq!((p.key.as_ref(), p.source), (&b"k3"[..], KeySource::Query));
     }
@@ -202,9 +232,22 @@ mod tests {
     }
 
     #[test]
+    fn finds_a_param_by_exact_name() {
+        assert!(has_query_param("a=1&api_key=x", "api_key"));
+        assert!(has_query_param("api_key", "api_key"));
+        assert!(!has_query_param("xapi_key=1&api_keys=2", "api_key"));
+    }
+
+    #[test]
     fn strip_keeps_other_params() {
-        assert_eq!(strip_query_param("a=1&api_key=x&b=2", "api_key").as_deref(), Some("a=1&b=2"));
+        assert_eq!(
+            strip_query_param("a=1&api_key=x&b=2", "api_key").as_deref(),
+            Some("a=1&b=2")
+        );
         assert_eq!(strip_query_param("api_key=x", "api_key"), None);
-        assert_eq!(strip_query_param("api_key=x&api_key=y&c", "api_key").as_deref(), Some("c"));
+        assert_eq!(
+            strip_query_param("api_key=x&api_key=y&c", "api_key").as_deref(),
+            Some("c")
+        );
     }
 }
