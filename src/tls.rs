@@ -7,22 +7,36 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::TlsFiles;
 
-/// A certificate or key problem, naming the file.
+/// A certificate or key problem, naming the file (and, for the listener, the field).
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
+    /// A problem in one field of `[listen.tls]`, e.g. `listen.tls.key`.
+    #[error("{field}: {source}")]
+    Field { field: &'static str, source: Box<TlsError> },
     #[error("{0}")]
     Rustls(#[from] rustls::Error),
 }
 
+/// The `[listen.tls]` fields, as `check` and reload errors name them.
+pub const CERT: &str = "listen.tls.cert";
+pub const KEY: &str = "listen.tls.key";
+pub const CLIENT_CA: &str = "listen.tls.client_ca";
+
 fn file_error(path: &Path, message: impl Into<String>) -> TlsError {
     TlsError::File { path: path.to_path_buf(), message: message.into() }
+}
+
+fn at(field: &'static str) -> impl Fn(TlsError) -> TlsError {
+    move |e| TlsError::Field { field, source: Box::new(e) }
 }
 
 /// The one crypto provider: ring, every suite of which is AEAD (GCM or ChaCha20-Poly1305).
@@ -50,26 +64,42 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// The listener's server configuration: ALPN `h2` then `http/1.1`, the server's
 /// suite order, and client certificates required when `client_ca` is set.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs = load_certs(&files.cert)?;
-    let key = load_key(&files.key)?;
+    let certs = load_certs(&files.cert).map_err(at(CERT))?;
+    if let Some(problem) = certs.first().and_then(expiry_problem) {
+        // Still served, like nginx does: refusing to start helps no caller. `check` fails on it.
+        tracing::warn!(target: "keygate::audit", file = %files.cert.display(), problem, "listen.tls.cert: callers will refuse this certificate");
+    }
+    let key = load_key(&files.key).map_err(at(KEY))?;
+    let verifier = files.client_ca.as_deref().map(client_verifier).transpose().map_err(at(CLIENT_CA))?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
-    let builder = match &files.client_ca {
+    let builder = match verifier {
         None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let roots = Arc::new(root_store(ca)?);
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-                .build()
-                .map_err(|e| file_error(ca, format!("unusable client CA: {e}")))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| file_error(&files.key, format!("does not fit {}: {e}", files.cert.display())))?;
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| pair_error(files, e))?;
     config.ignore_client_order = true;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+fn client_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let roots = Arc::new(root_store(ca)?);
+    WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| file_error(ca, format!("unusable client CA: {e}")))
+}
+
+/// A certificate and key that rustls refused together: blame the key file,
+/// and say whether it is unusable or belongs to another certificate.
+fn pair_error(files: &TlsFiles, e: rustls::Error) -> TlsError {
+    let message = match e {
+        rustls::Error::InconsistentKeys(_) => {
+            format!("does not match the certificate in {}", files.cert.display())
+        }
+        other => format!("unusable private key: {other}"),
+    };
+    at(KEY)(file_error(&files.key, message))
 }
 
 fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
@@ -100,29 +130,41 @@ pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
     Ok(config)
 }
 
-/// Checks `check` adds beyond loading: expired certificates and a client CA
-/// that is not a CA.
+/// Everything wrong with the listener's files, each naming its field: what
+/// loading refuses, plus what it accepts but `check` should not (an expired
+/// certificate, a client CA that is not a CA). Every field is checked, so one
+/// bad file does not hide another.
 pub fn inspect(files: &TlsFiles) -> Vec<TlsError> {
     let mut problems = Vec::new();
-    if let Err(e) = server_config(files) {
-        problems.push(e);
-        return problems;
-    }
-    if let Ok(certs) = load_certs(&files.cert) {
-        if let Some(leaf) = certs.first() {
-            if let Some(msg) = expiry_problem(leaf) {
-                problems.push(file_error(&files.cert, msg));
+    let certs = load_certs(&files.cert).map_err(at(CERT));
+    let key = load_key(&files.key).map_err(at(KEY));
+    match (certs, key) {
+        (Ok(certs), Ok(key)) => {
+            if let Some(msg) = certs.first().and_then(expiry_problem) {
+                problems.push(at(CERT)(file_error(&files.cert, msg)));
+            }
+            if let Err(e) = CertifiedKey::from_der(certs, key, &provider()) {
+                problems.push(pair_error(files, e));
             }
         }
+        (certs, key) => problems.extend(certs.err().into_iter().chain(key.err())),
     }
     if let Some(ca) = &files.client_ca {
-        if let Ok(certs) = load_certs(ca) {
-            if certs.iter().any(|c| !is_ca(c)) {
-                problems.push(file_error(ca, "is not a CA certificate (basicConstraints CA:TRUE missing)"));
-            }
+        if let Some(e) = client_ca_problem(ca) {
+            problems.push(at(CLIENT_CA)(e));
         }
     }
     problems
+}
+
+fn client_ca_problem(ca: &Path) -> Option<TlsError> {
+    if let Err(e) = client_verifier(ca) {
+        return Some(e);
+    }
+    let certs = load_certs(ca).ok()?;
+    let leaf = certs.iter().find(|c| !is_ca(c))?;
+    let name = subject_of(leaf).into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
+    Some(file_error(ca, format!("\"{name}\" is not a CA certificate (basicConstraints CA:TRUE missing)")))
 }
 
 fn expiry_problem(cert: &CertificateDer<'_>) -> Option<String> {
@@ -130,12 +172,17 @@ fn expiry_problem(cert: &CertificateDer<'_>) -> Option<String> {
     let validity = parsed.validity();
     let now = x509_parser::time::ASN1Time::now();
     if validity.not_after < now {
-        return Some(format!("certificate expired on {}", validity.not_after));
+        return Some(format!("certificate expired on {}", rfc3339(validity.not_after)));
     }
     if validity.not_before > now {
-        return Some(format!("certificate is not valid before {}", validity.not_before));
+        return Some(format!("certificate is not valid before {}", rfc3339(validity.not_before)));
     }
     None
+}
+
+fn rfc3339(t: x509_parser::time::ASN1Time) -> String {
+    let format = time::format_description::well_known::Rfc3339;
+    t.to_datetime().format(&format).unwrap_or_else(|_| t.to_string())
 }
 
 fn is_ca(cert: &CertificateDer<'_>) -> bool {

@@ -35,24 +35,39 @@ pub fn run() -> u8 {
 }
 
 async fn demo() -> anyhow::Result<()> {
+    let dir = demo_dir()?;
+    let result = serve_demo(&dir).await;
+    // The folder holds a private key: remove it however the demo ended.
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn serve_demo(dir: &Path) -> anyhow::Result<()> {
     let upstream = TcpListener::bind("127.0.0.1:0").await?;
     let upstream_addr = upstream.local_addr()?;
     tokio::spawn(echo_server(upstream));
-    let dir = demo_dir()?;
-    let ca = write_certs(&dir)?;
+    let ca = write_certs(dir)?;
     let key = keys::new_uuid();
     let port = free_port_or_default().await;
-    let toml = demo_config(port, upstream_addr, &keys::format_hash(&keys::digest(key.as_bytes())), &dir);
+    let toml = demo_config(port, upstream_addr, &keys::format_hash(&keys::digest(key.as_bytes())), dir);
     let config_path = dir.join("keygate.toml");
     std::fs::write(&config_path, &toml)?;
     let config = config::load(Some(&config_path), &config::Env::new()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let handle = app::start(config).await?;
     print_tour(handle.addr, &key, &ca, &config_path);
-    tokio::signal::ctrl_c().await?;
+    stop_signal().await?;
     handle.shutdown();
     handle.wait().await;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM (`kill`, `timeout`, `docker stop`), so the folder is removed either way.
+async fn stop_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
 }
 
 async fn free_port_or_default() -> u16 {
@@ -62,9 +77,15 @@ async fn free_port_or_default() -> u16 {
     }
 }
 
-fn demo_dir() -> std::io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("keygate-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+/// A fresh folder only this user can read: it holds the demo's private key.
+/// Created, never reused, so nobody can plant files in it beforehand.
+fn demo_dir() -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut nonce = [0u8; 4];
+    getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let name = format!("keygate-demo-{}-{}", std::process::id(), hex::encode(nonce));
+    let dir = std::env::temp_dir().join(name);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
 }
 
@@ -116,7 +137,8 @@ keys = [{{ hash = "{hash}" }}]
 
 fn print_tour(addr: SocketAddr, key: &str, ca: &Path, config: &Path) {
     let base = format!("https://localhost:{}", addr.port());
-    let ca = ca.display();
+    // Quoted, so the commands work whatever the temporary folder is called.
+    let ca = format!("'{}'", ca.display());
     println!("keygate demo: HTTPS proxy on {base}, echo upstream behind it");
     println!("config: {}   (the demo key, printed here once for you to try:)", config.display());
     println!("  export KEY={key}\n");
@@ -148,11 +170,8 @@ async fn echo_server(listener: TcpListener) {
 async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let headers: serde_json::Map<String, serde_json::Value> = parts
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
-        .collect();
+    let headers: serde_json::Map<String, serde_json::Value> =
+        parts.headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into())).collect();
     let echo = serde_json::json!({
         "method": parts.method.as_str(),
         "uri": parts.uri.to_string(),
