@@ -53,10 +53,8 @@ async fn answer(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         }
         "/metrics" => {
             let mut r = text(StatusCode::OK, shared.metrics.encode());
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             r
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),

@@ -2,13 +2,14 @@
 //! reload and housekeeping tasks around them.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -57,10 +58,16 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let (stop, rx) = watch::channel(false);
+    // The admin listener outlives the drain so `/readyz` can say "not ready" meanwhile.
+    let (drained, admin_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    tasks.spawn(server::serve(listener, shared.clone(), stopped(rx.clone())));
+    let proxy = server::serve(listener, shared.clone(), stopped(rx.clone()));
+    tasks.spawn(async move {
+        proxy.await;
+        let _ = drained.send(true);
+    });
     if let Some(l) = admin_listener {
-        tasks.spawn(admin::serve(l, shared.clone(), stopped(rx.clone())));
+        tasks.spawn(admin::serve(l, shared.clone(), stopped(admin_rx)));
     }
     tasks.spawn(prune_throttle(shared.clone(), stopped(rx)));
     shared.ready.store(true, Ordering::Release);
@@ -82,49 +89,75 @@ async fn prune_throttle(shared: Arc<Shared>, stop: impl std::future::Future<Outp
 /// file changes, drain on the first stop signal, exit at once on the second.
 pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let summary = summary(&config);
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    let mut signals = Signals::new()?;
     let handle = start(config).await?;
-    println!("{}", summary.replace("{addr}", &handle.addr.to_string()).replace("{admin}", &handle.admin.map_or("off".into(), |a| a.to_string())));
+    // Watch before announcing the listeners, so no edit made after start-up is missed.
     let _watcher = match &path {
-        Some(p) => Some(reload::watch(handle.shared.clone(), p.clone()).context("cannot watch the configuration file")?),
+        Some(p) => {
+            Some(reload::watch(handle.shared.clone(), p.clone()).context("cannot watch the configuration file")?)
+        }
         None => None,
     };
-    signals(&handle, path).await?;
+    println!(
+        "{}",
+        summary
+            .replace("{addr}", &handle.addr.to_string())
+            .replace("{admin}", &handle.admin.map_or("off".into(), |a| a.to_string()))
+    );
+    for w in &warnings {
+        tracing::warn!(target: "keygate::audit", warning = %w, "configuration warning");
+    }
+    let signal = signals.until_stop(&handle, path.as_deref()).await;
     handle.shutdown();
-    tracing::info!(target: "keygate::audit", "draining");
-    let second = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    let grace = handle.shared.snapshot.load().config.listen.shutdown_grace;
+    tracing::info!(target: "keygate::audit", signal, grace = ?grace, "draining");
     tokio::select! {
-        _ = handle.wait() => {}
-        _ = second => tracing::warn!(target: "keygate::audit", "second stop signal: exiting now"),
-        _ = terminate() => tracing::warn!(target: "keygate::audit", "second stop signal: exiting now"),
+        _ = handle.wait() => tracing::info!(target: "keygate::audit", "drained; exiting"),
+        signal = signals.stop() => tracing::warn!(target: "keygate::audit", signal, "second stop signal: exiting now"),
     }
     Ok(())
 }
 
-async fn terminate() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
+/// The signals `run` listens to, registered once so none is missed between
+/// the first stop signal and the second.
+struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Reload on each SIGHUP; return the name of the first stop signal.
+    async fn until_stop(&mut self, handle: &Handle, path: Option<&Path>) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.hup.recv() => {
+                    tracing::info!(target: "keygate::audit", trigger = "SIGHUP", "reloading the configuration");
+                    reload::reload(&handle.shared, path);
+                }
+                signal = stop(&mut self.term, &mut self.int) => return signal,
+            }
         }
-        Err(_) => std::future::pending().await,
+    }
+
+    async fn stop(&mut self) -> &'static str {
+        stop(&mut self.term, &mut self.int).await
     }
 }
 
-async fn signals(handle: &Handle, path: Option<PathBuf>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                tracing::info!(target: "keygate::audit", "SIGHUP: reloading");
-                reload::reload(&handle.shared, path.as_deref());
-            }
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-        }
+async fn stop(term: &mut Signal, int: &mut Signal) -> &'static str {
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }
 
@@ -136,8 +169,16 @@ pub fn summary(config: &Config) -> String {
     s += &format!("  listening on {scheme}://{{addr}}\n");
     s += &format!("  tls:        {}\n", tls_line(config));
     s += "  admin:      {admin}\n";
-    s += &format!("  config:     {}\n", config.source.as_ref().map_or("environment only".into(), |p| p.display().to_string()));
-    s += &format!("  clients: {}  keys: {keys}  routes: {}  upstreams: {}", config.clients.len(), config.routes.len(), config.upstreams.len());
+    s += &format!(
+        "  config:     {}\n",
+        config.source.as_ref().map_or("environment only".into(), |p| p.display().to_string())
+    );
+    s += &format!(
+        "  clients: {}  keys: {keys}  routes: {}  upstreams: {}",
+        config.clients.len(),
+        config.routes.len(),
+        config.upstreams.len()
+    );
     for w in &config.warnings {
         s += &format!("\n  warning: {w}");
     }
@@ -147,7 +188,9 @@ pub fn summary(config: &Config) -> String {
 fn tls_line(config: &Config) -> String {
     match &config.listen.tls {
         None => "off (plain HTTP)".into(),
-        Some(t) if t.client_ca.is_some() => format!("on, client certificates required ({})", t.cert.display()),
+        Some(t) if t.client_ca.is_some() => {
+            format!("on, client certificates required ({})", t.cert.display())
+        }
         Some(t) => format!("on ({})", t.cert.display()),
     }
 }

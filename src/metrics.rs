@@ -79,6 +79,8 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     pub key_expiry: Family<KeyLabels, Gauge<i64, AtomicI64>>,
     pub key_last_used: Family<KeyLabels, Gauge<i64, AtomicI64>>,
+    /// When the process started, so "not used since start" can be told from "never used".
+    pub start_time: Gauge<i64, AtomicI64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,16 +108,27 @@ impl Metrics {
             reloads: Family::default(),
             key_expiry: Family::default(),
             key_last_used: Family::default(),
+            start_time: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests by client, route and status", m.requests.clone());
-        registry.register("request_duration_seconds", "Time from request to response headers", m.duration.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the end of its response",
+            m.duration.clone(),
+        );
         registry.register("rate_limited", "Requests refused by a client's rate limit", m.rate_limited.clone());
         registry.register("auth_failures", "Failed authentications by reason", m.auth_failures.clone());
         registry.register("upstream_errors", "Upstream failures by upstream and kind", m.upstream_errors.clone());
         registry.register("config_reloads", "Configuration reloads by result", m.reloads.clone());
         registry.register("key_expiry_timestamp_seconds", "When each key expires (Unix time)", m.key_expiry.clone());
-        registry.register("key_last_used_timestamp_seconds", "When each key was last used (Unix time)", m.key_last_used.clone());
+        registry.register(
+            "key_last_used_timestamp_seconds",
+            "When each key was last used (Unix time)",
+            m.key_last_used.clone(),
+        );
+        m.start_time.set(crate::keys::unix_now());
+        registry.register("start_time_seconds", "When this keygate process started (Unix time)", m.start_time.clone());
         Metrics { registry, ..m }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod forward;
+pub mod framing;
 pub mod headers;
 pub mod path;
 pub mod rate_limit;
@@ -95,6 +96,9 @@ async fn run(
     record: &mut Record,
 ) -> Outcome {
     let plain = |r: Reject| (r, None);
+    let listen = &snap.config.listen;
+    framing::check_limits(&parts.headers, listen.max_header_bytes, listen.max_headers).map_err(plain)?;
+    framing::check(&parts.headers).map_err(plain)?;
     let host = request_host(&parts).map_err(plain)?;
     let path = path::normalize(parts.uri.path()).map_err(|_| plain(Reject::BadRequest))?;
     // The query may hold the key until it is known where the key came from.
@@ -112,7 +116,7 @@ async fn run(
     let client = snap.clients.get(entry.client as usize).ok_or(plain(Reject::InvalidKey))?;
     record.client = Some(client.id.clone());
     record.key = snap.key_names.get(entry.index as usize).cloned();
-    let query = forwarded_query(parts.uri.query(), source, auth.query_param.as_deref());
+    let query = forwarded_query(parts.uri.query(), auth.query_param.as_deref());
     record.target = target_for_log(&path, query.as_deref());
     let host_lower = host.as_ref().map(|h| lower_host(h));
     let route_index = snap.router.find(&path, &parts.method, host_lower.as_deref()).ok_or(plain(Reject::NoRoute))?;
@@ -199,11 +203,12 @@ fn lower_host(host: &HeaderValue) -> Cow<'_, str> {
     }
 }
 
-/// The query to forward: without the key parameter when it carried the key.
-fn forwarded_query<'a>(query: Option<&'a str>, source: KeySource, param: Option<&str>) -> Option<Cow<'a, str>> {
+/// The query to forward: without the key parameter, wherever the key came from
+/// (a second copy of the key must not reach the upstream or the log).
+fn forwarded_query<'a>(query: Option<&'a str>, param: Option<&str>) -> Option<Cow<'a, str>> {
     let query = query?;
-    match (source, param) {
-        (KeySource::Query, Some(name)) => auth::strip_query_param(query, name).map(Cow::Owned),
+    match param {
+        Some(name) if auth::has_query_param(query, name) => auth::strip_query_param(query, name).map(Cow::Owned),
         _ => Some(Cow::Borrowed(query)),
     }
 }

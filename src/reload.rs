@@ -13,24 +13,24 @@ use crate::state::Shared;
 
 /// Load the configuration again and swap it in if valid. Returns whether it was applied.
 pub fn reload(shared: &Shared, path: Option<&Path>) -> bool {
-    let result = config::load(path, &config::process_env())
-        .map_err(|e| e.to_string())
-        .and_then(|new| {
-            let current = shared.snapshot.load();
-            if new.listen.address != current.config.listen.address {
-                tracing::warn!(target: "keygate::audit", "listen.address changed: takes effect after a restart");
-            }
-            if new.admin != current.config.admin {
-                tracing::warn!(target: "keygate::audit", "admin.address changed: takes effect after a restart");
-            }
-            for w in &new.warnings {
-                tracing::warn!(target: "keygate::audit", warning = %w, "configuration warning");
-            }
-            shared.replace(new).map_err(|e| e.to_string())
-        });
+    let _one_at_a_time = shared.reloading.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let result = config::load(path, &config::process_env()).map_err(|e| e.to_string()).and_then(|new| {
+        let current = shared.snapshot.load();
+        if new.listen.address != current.config.listen.address {
+            tracing::warn!(target: "keygate::audit", "listen.address changed: takes effect after a restart");
+        }
+        if new.admin != current.config.admin {
+            tracing::warn!(target: "keygate::audit", "admin.address changed: takes effect after a restart");
+        }
+        for w in &new.warnings {
+            tracing::warn!(target: "keygate::audit", warning = %w, "configuration warning");
+        }
+        let counts = (new.clients.len(), new.clients.iter().map(|c| c.keys.len()).sum::<usize>(), new.routes.len());
+        shared.replace(new).map(|()| counts).map_err(|e| e.to_string())
+    });
     let label = match &result {
-        Ok(()) => {
-            tracing::info!(target: "keygate::audit", result = "ok", "configuration reloaded");
+        Ok((clients, keys, routes)) => {
+            tracing::info!(target: "keygate::audit", result = "ok", clients, keys, routes, "configuration reloaded");
             "ok"
         }
         Err(e) => {
@@ -40,6 +40,16 @@ pub fn reload(shared: &Shared, path: Option<&Path>) -> bool {
     };
     shared.metrics.reloads.get_or_create(&ResultLabels { result: label }).inc();
     result.is_ok()
+}
+
+/// Whether a change to `changed` may change the configuration file `name`:
+/// the file itself, or the `..data` link Kubernetes swaps to update a
+/// mounted ConfigMap or Secret (the file is a symlink through it).
+fn concerns(changed: &Path, name: Option<&std::ffi::OsStr>) -> bool {
+    let Some(changed) = changed.file_name() else {
+        return false;
+    };
+    Some(changed) == name || changed.to_str().is_some_and(|n| n.starts_with("..data"))
 }
 
 /// Reload whenever `path` changes on disk. Watches the folder, so editors
@@ -52,7 +62,7 @@ pub fn watch(shared: Arc<Shared>, path: PathBuf) -> notify::Result<notify::Recom
         if event.kind.is_access() {
             return;
         }
-        if event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name) {
+        if event.paths.iter().any(|p| concerns(p, name.as_deref())) {
             let _ = tx.send(());
         }
     })?;
@@ -66,8 +76,25 @@ pub fn watch(shared: Arc<Shared>, path: PathBuf) -> notify::Result<notify::Recom
             // Let an editor finish writing before reading.
             tokio::time::sleep(Duration::from_millis(100)).await;
             while rx.try_recv().is_ok() {}
+            tracing::info!(target: "keygate::audit", trigger = "file change", "reloading the configuration");
             reload(&shared, Some(&path));
         }
     });
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn only_the_file_and_kubernetes_data_links_matter() {
+        let name = Some(OsStr::new("keygate.toml"));
+        assert!(concerns(Path::new("/etc/keygate/keygate.toml"), name));
+        assert!(concerns(Path::new("/etc/keygate/..data"), name));
+        assert!(concerns(Path::new("/etc/keygate/..data_tmp"), name));
+        assert!(!concerns(Path::new("/etc/keygate/keygate.toml.keygen-tmp"), name));
+        assert!(!concerns(Path::new("/etc/keygate/other.toml"), name));
+    }
 }

@@ -2,7 +2,7 @@
 //! configuration and swapped atomically on reload.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -57,11 +57,8 @@ impl Snapshot {
     /// is carried over from `previous`.
     pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, TlsError> {
         let tls = config.listen.tls.as_ref().map(tls::server_config).transpose()?;
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| Upstream::new(u).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+        let upstreams =
+            config.upstreams.iter().map(|u| Upstream::new(u).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
         let mut keys = KeyTable::default();
         let mut key_names = Vec::new();
         let clients = config
@@ -100,17 +97,26 @@ impl Snapshot {
         })
     }
 
-    /// Export each key's expiry time, replacing what an older snapshot set.
+    /// Export each key's expiry time, replacing what an older snapshot set,
+    /// and a last-used time of 0 for keys not used yet (so unused keys show).
     pub fn publish_key_metrics(&self, metrics: &Metrics) {
         metrics.key_expiry.clear();
-        for (client, c) in self.clients.iter().zip(&self.config.clients) {
-            for k in &c.keys {
-                if let Some(expires) = k.expires {
-                    let labels = KeyLabels { client: client.id.clone(), key: Name::new(&keys::fingerprint(&k.digest)) };
-                    metrics.key_expiry.get_or_create(&labels).set(expires);
-                }
+        for (labels, expires) in self.key_labels() {
+            if let Some(expires) = expires {
+                metrics.key_expiry.get_or_create(&labels).set(expires);
             }
+            let _created = metrics.key_last_used.get_or_create(&labels);
         }
+    }
+
+    /// Each key's client and fingerprint, with its expiry.
+    fn key_labels(&self) -> impl Iterator<Item = (KeyLabels, Option<i64>)> + '_ {
+        self.clients.iter().zip(&self.config.clients).flat_map(|(client, c)| {
+            c.keys.iter().map(|k| {
+                let labels = KeyLabels { client: client.id.clone(), key: Name::new(&keys::fingerprint(&k.digest)) };
+                (labels, k.expires)
+            })
+        })
     }
 }
 
@@ -156,6 +162,9 @@ pub struct Shared {
     /// Set once the listeners are bound; cleared when draining starts.
     pub ready: AtomicBool,
     pub draining: AtomicBool,
+    /// Held for a whole reload (read, build, swap), so two reloads at once
+    /// (a signal and a file change) cannot swap in an older file last.
+    pub reloading: Mutex<()>,
 }
 
 impl Shared {
@@ -170,6 +179,7 @@ impl Shared {
             request_ids: RequestIds::default(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            reloading: Mutex::new(()),
         }
     }
 
@@ -177,9 +187,12 @@ impl Shared {
     pub fn replace(&self, config: Config) -> Result<(), TlsError> {
         let current = self.snapshot.load_full();
         let next = Snapshot::build(config, Some(&current))?;
+        let kept: std::collections::HashSet<KeyLabels> = next.key_labels().map(|(l, _)| l).collect();
+        for (gone, _) in current.key_labels().filter(|(l, _)| !kept.contains(l)) {
+            self.metrics.key_last_used.remove(&gone);
+        }
         next.publish_key_metrics(&self.metrics);
         self.snapshot.store(Arc::new(next));
         Ok(())
     }
 }
-

@@ -65,7 +65,8 @@ pub fn run(args: Args) -> u8 {
     println!("# paste into keygate.toml; store the key in your secret manager");
     println!("[clients.{client}]");
     println!("routes = [\"*\"]");
-    println!("keys = [{{ hash = \"{hash}\" }}]");
+    // One key per line, so `--add-to` and a revoking `sed '/<fingerprint>/d'` keep to one line each.
+    println!("keys = [\n  {{ hash = \"{hash}\" }},\n]");
     OK
 }
 
@@ -121,13 +122,36 @@ pub fn edit(text: &str, client: &str, hash: &str, retire_at: Option<&str>) -> Re
             let later = old.get("expires").and_then(Value::as_str).is_none_or(|e| later_than(e, at));
             if later {
                 old.insert("expires", at.into());
+                old.fmt();
             }
         }
     }
     let mut entry = InlineTable::new();
     entry.insert("hash", hash.into());
-    keys.push(entry);
+    push_on_own_line(keys, entry);
     Ok(doc.to_string())
+}
+
+/// Append `entry`; in an array written one key per line, on a line of its
+/// own, leaving a comment after the last key on that key's line.
+fn push_on_own_line(keys: &mut Array, entry: InlineTable) {
+    let prefix = |v: &Value| v.decor().prefix().and_then(|p| p.as_str()).map(str::to_owned);
+    let Some(last_prefix) = keys.iter().last().and_then(prefix).filter(|p| p.contains('\n')) else {
+        keys.push(entry);
+        return;
+    };
+    let indent = last_prefix.rsplit('\n').next().unwrap_or_default().to_owned();
+    let trailing = keys.trailing().as_str().unwrap_or_default().to_owned();
+    let (rest_of_line, closing_indent) = match trailing.rsplit_once('\n') {
+        Some((line, closing)) => (format!("{line}\n"), closing.to_owned()),
+        None => (format!("{trailing}\n"), String::new()),
+    };
+    let mut value = Value::InlineTable(entry);
+    value.decor_mut().set_prefix(format!("{rest_of_line}{indent}"));
+    value.decor_mut().set_suffix("");
+    keys.push_formatted(value);
+    keys.set_trailing(format!("\n{closing_indent}"));
+    keys.set_trailing_comma(true);
 }
 
 fn later_than(existing: &str, at: &str) -> bool {
@@ -165,6 +189,20 @@ mod tests {
         assert_eq!(first.get("expires").and_then(Value::as_str), Some("2030-01-01T00:00:00Z"));
         let second = keys.get(1).unwrap().as_inline_table().unwrap();
         assert!(second.get("expires").is_none());
+    }
+
+    #[test]
+    fn a_key_per_line_layout_is_kept() {
+        let out = edit(FILE, "billing", "sha256:bb", Some("2030-01-01T00:00:00Z")).unwrap();
+        let want = "keys = [\n  { hash = \"sha256:aa\", expires = \"2030-01-01T00:00:00Z\" }, # old\n  { hash = \"sha256:bb\" },\n]\n";
+        assert!(out.ends_with(want), "{out}");
+    }
+
+    #[test]
+    fn a_one_line_array_stays_on_one_line() {
+        let file = "[clients.billing]\nroutes = [\"*\"]\nkeys = [{ hash = \"sha256:aa\" }]\n";
+        let out = edit(file, "billing", "sha256:bb", None).unwrap();
+        assert!(out.ends_with("keys = [{ hash = \"sha256:aa\" }, { hash = \"sha256:bb\" }]\n"), "{out}");
     }
 
     #[test]

@@ -38,8 +38,7 @@ pub trait Limiter: Send + Sync + fmt::Debug {
     fn rate(&self) -> Rate;
 }
 
-type Gcra =
-    governor::RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+type Gcra = governor::RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
 /// An in-process GCRA limiter (lock-free: one atomic compare-and-swap per check).
 pub struct LocalLimiter {
@@ -50,9 +49,7 @@ pub struct LocalLimiter {
 
 impl fmt::Debug for LocalLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LocalLimiter")
-            .field("rate", &self.rate)
-            .finish()
+        f.debug_struct("LocalLimiter").field("rate", &self.rate).finish()
     }
 }
 
@@ -61,16 +58,10 @@ impl LocalLimiter {
     pub fn new(rate: Rate) -> LocalLimiter {
         let interval = Duration::from_secs_f64(1.0 / rate.per_second).max(Duration::from_nanos(1));
         let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::with_period(interval)
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
-            .allow_burst(burst);
-        let gcra =
-            governor::RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>();
-        LocalLimiter {
-            gcra,
-            rate,
-            interval,
-        }
+        let quota =
+            Quota::with_period(interval).unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX)).allow_burst(burst);
+        let gcra = governor::RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>();
+        LocalLimiter { gcra, rate, interval }
     }
 }
 
@@ -94,7 +85,8 @@ impl Limiter for LocalLimiter {
                 }
             }
             Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                // The limiter's own clock: a new one would calibrate itself (tens of µs) on every refusal.
+                let wait = not_until.wait_time_from(self.gcra.clock().now());
                 // Once the next request may pass, the other `burst - 1` refill one interval each.
                 let full = wait + self.interval.saturating_mul(limit.saturating_sub(1));
                 Decision {
@@ -153,21 +145,22 @@ impl FailureThrottle {
         self.epoch.elapsed()
     }
 
-    /// If `addr` is throttled, the whole seconds until it may try again.
-    pub fn blocked(&self, addr: IpAddr) -> Option<u64> {
+    /// If `addr` may not fail again now (it has used its `per_minute`
+    /// failures), the whole seconds until it may.
+    pub fn blocked(&self, addr: IpAddr, per_minute: u32) -> Option<u64> {
         if self.entries.load(Ordering::Relaxed) == 0 {
             return None;
         }
         let tat = *self.tat.get(&bucket(addr))?;
-        let window = Duration::from_secs(60);
-        let now = self.now();
-        let ahead = tat.saturating_sub(now);
-        (ahead >= window).then(|| ceil_secs(ahead - window + Duration::from_millis(1)).max(1))
+        // GCRA: one more failure is allowed while the backlog leaves room for it.
+        let room = WINDOW - interval(per_minute);
+        let ahead = tat.saturating_sub(self.now());
+        (ahead > room).then(|| ceil_secs(ahead - room).max(1))
     }
 
     /// Count one failed authentication from `addr`.
     pub fn record_failure(&self, addr: IpAddr, per_minute: u32) {
-        let interval = Duration::from_secs(60) / per_minute.max(1);
+        let interval = interval(per_minute);
         let now = self.now();
         let key = bucket(addr);
         if let Some(mut tat) = self.tat.get_mut(&key) {
@@ -197,11 +190,8 @@ impl FailureThrottle {
     fn prune_at_cap(&self, now: Duration) {
         let last = self.last_prune.load(Ordering::Relaxed);
         let due = nanos(now).saturating_sub(last) >= 1_000_000_000;
-        let won = due
-            && self
-                .last_prune
-                .compare_exchange(last, nanos(now), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok();
+        let won =
+            due && self.last_prune.compare_exchange(last, nanos(now), Ordering::Relaxed, Ordering::Relaxed).is_ok();
         if won {
             self.prune();
         }
@@ -216,6 +206,13 @@ impl FailureThrottle {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The throttle's window: `per_minute` failures per this long.
+const WINDOW: Duration = Duration::from_secs(60);
+
+fn interval(per_minute: u32) -> Duration {
+    WINDOW / per_minute.max(1)
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -243,10 +240,7 @@ mod tests {
 
     #[test]
     fn burst_then_refused() {
-        let l = LocalLimiter::new(Rate {
-            per_second: 1.0,
-            burst: 3,
-        });
+        let l = LocalLimiter::new(Rate { per_second: 1.0, burst: 3 });
         let remaining: Vec<u32> = (0..3).map(|_| l.check().remaining).collect();
         assert_eq!(remaining, vec![2, 1, 0]);
         let refused = l.check();
@@ -259,13 +253,13 @@ mod tests {
         let t = FailureThrottle::default();
         let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
         for _ in 0..4 {
-            assert_eq!(t.blocked(a), None);
+            assert_eq!(t.blocked(a, 5), None);
             t.record_failure(a, 5);
         }
-        assert_eq!(t.blocked(a), None);
+        assert_eq!(t.blocked(a, 5), None);
         t.record_failure(a, 5);
-        assert!(t.blocked(a).is_some_and(|s| (1..=12).contains(&s)));
-        assert_eq!(t.blocked(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))), None);
+        assert!(t.blocked(a, 5).is_some_and(|s| (1..=12).contains(&s)));
+        assert_eq!(t.blocked(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 5), None);
     }
 
     #[test]
@@ -279,10 +273,7 @@ mod tests {
 
     #[test]
     fn retry_after_and_reset_round_up() {
-        let l = LocalLimiter::new(Rate {
-            per_second: 0.25,
-            burst: 2,
-        });
+        let l = LocalLimiter::new(Rate { per_second: 0.25, burst: 2 });
         let first = l.check();
         assert_eq!((first.remaining, first.reset), (1, 4));
         assert_eq!(l.check().reset, 8);
@@ -298,7 +289,7 @@ mod tests {
         for i in 0..20_000u16 {
             let a: IpAddr = IpAddr::from([0x2001, 0xdb8, i, 0, 0, 0, 0, 1]);
             t.record_failure(a, 20);
-            assert!(t.blocked(a).is_none());
+            assert!(t.blocked(a, 20).is_none());
         }
         assert!(t.len() <= 500);
         assert!(t.tat.len() <= 500);
@@ -311,24 +302,17 @@ mod tests {
             t.record_failure(IpAddr::V4(Ipv4Addr::from(i)), u32::MAX);
         }
         let start = Instant::now();
-        while t.now()
-            <= *t
-                .tat
-                .iter()
-                .map(|e| *e.value())
-                .max()
-                .get_or_insert_default()
-        {
+        while t.now() <= *t.tat.iter().map(|e| *e.value()).max().get_or_insert_default() {
             assert!(start.elapsed() < Duration::from_secs(1));
             std::hint::spin_loop();
         }
         t.prune();
         assert!(t.is_empty());
         let a = IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9));
-        for _ in 0..3 {
+        for _ in 0..2 {
             t.record_failure(a, 2);
         }
-        assert!(t.blocked(a).is_some());
+        assert!(t.blocked(a, 2).is_some());
     }
 
     #[test]

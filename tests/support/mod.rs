@@ -2,6 +2,7 @@
 //! the real binary), and small clients. Every server binds 127.0.0.1:0.
 #![allow(dead_code, unused_imports)]
 
+pub mod ops;
 pub mod tls;
 pub mod upstream;
 
@@ -53,16 +54,9 @@ impl Keygate {
         let dir = tempdir();
         let config_path = dir.path().join("keygate.toml");
         std::fs::write(&config_path, toml).expect("write config");
-        let config = keygate::config::load(Some(&config_path), env)
-            .unwrap_or_else(|e| panic!("config: {e}"));
+        let config = keygate::config::load(Some(&config_path), env).unwrap_or_else(|e| panic!("config: {e}"));
         let handle = keygate::app::start(config).await.expect("start keygate");
-        Keygate {
-            addr: handle.addr,
-            admin: handle.admin,
-            handle: Some(handle),
-            dir,
-            config_path,
-        }
+        Keygate { addr: handle.addr, admin: handle.admin, handle: Some(handle), dir, config_path }
     }
 
     /// `http://addr` + `path`.
@@ -114,8 +108,7 @@ pub struct Reply {
 impl Reply {
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
     /// A header as text.
@@ -132,17 +125,10 @@ pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Fu
 /// Send `req` with a 10 s bound and read the whole response.
 pub async fn send(req: Request<Full<Bytes>>) -> Reply {
     let fut = client().request(req);
-    let res = tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .expect("response in time")
-        .expect("response");
+    let res = tokio::time::timeout(Duration::from_secs(10), fut).await.expect("response in time").expect("response");
     let (parts, body) = res.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Reply { status: parts.status, headers: parts.headers, body }
 }
 
 /// GET `url` with `headers`.
@@ -181,55 +167,31 @@ impl Process {
         if let Some(c) = config {
             cmd.arg("-c").arg(c);
         }
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn keygate");
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn keygate");
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         pump(child.stdout.take(), stdout.clone(), Some(tx));
         pump(child.stderr.take(), stderr.clone(), None);
-        let (addr, admin) = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!(
-                    "keygate did not start: {}",
-                    stderr.lock().map(|s| s.clone()).unwrap_or_default()
-                )
-            });
-        Process {
-            child,
-            addr,
-            admin,
-            stdout,
-            stderr,
-        }
+        let (addr, admin) = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("keygate did not start: {}", stderr.lock().map(|s| s.clone()).unwrap_or_default())
+        });
+        Process { child, addr, admin, stdout, stderr }
     }
 
     /// Everything printed so far, stdout then stderr.
     pub fn output(&self) -> String {
-        format!(
-            "{}{}",
-            self.stdout.lock().expect("lock"),
-            self.stderr.lock().expect("lock")
-        )
+        format!("{}{}", self.stdout.lock().expect("lock"), self.stderr.lock().expect("lock"))
     }
 
     /// Send a signal to the process.
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("kill");
         assert!(ok.success());
     }
 
@@ -255,11 +217,7 @@ impl Drop for Process {
 
 type Ready = std::sync::mpsc::Sender<(SocketAddr, Option<SocketAddr>)>;
 
-fn pump(
-    stream: Option<impl std::io::Read + Send + 'static>,
-    sink: Arc<Mutex<String>>,
-    ready: Option<Ready>,
-) {
+fn pump(stream: Option<impl std::io::Read + Send + 'static>, sink: Arc<Mutex<String>>, ready: Option<Ready>) {
     let Some(stream) = stream else { return };
     std::thread::spawn(move || {
         let mut addr = None;
@@ -267,9 +225,7 @@ fn pump(
             if let Some(rest) = line.trim().strip_prefix("listening on ") {
                 addr = rest.split("://").nth(1).and_then(|a| a.parse().ok());
             }
-            if let (Some(rest), Some(tx), Some(a)) =
-                (line.trim().strip_prefix("admin:"), ready.as_ref(), addr)
-            {
+            if let (Some(rest), Some(tx), Some(a)) = (line.trim().strip_prefix("admin:"), ready.as_ref(), addr) {
                 let _ = tx.send((a, rest.trim().parse().ok()));
             }
             if let Ok(mut s) = sink.lock() {
