@@ -8,14 +8,9 @@ use crate::tls::{self, TlsError};
 
 /// Print every problem and warning; 0 when valid, 2 when not.
 pub fn run(flag: Option<PathBuf>) -> u8 {
-    let env = config::process_env();
-    let path = config::config_path(flag, &env);
-    let config = match config::load(path.as_deref(), &env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return USAGE;
-        }
+    let super::Loaded { config, path, env } = match super::load(flag) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     let tls_problems = tls_problems(&config, path.as_deref(), &env);
     for w in &config.warnings {

@@ -22,16 +22,32 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
-/// `keygate serve`.
-pub fn serve(flag: Option<PathBuf>) -> u8 {
+/// A configuration loaded as `serve` loads it, with its path and environment.
+pub struct Loaded {
+    pub config: config::Config,
+    pub path: Option<PathBuf>,
+    pub env: config::Env,
+}
+
+/// Load the configuration named by `-c` or `$KEYGATE_CONFIG`; print the
+/// problems and give the usage exit code when it is invalid.
+pub fn load(flag: Option<PathBuf>) -> Result<Loaded, u8> {
     let env = config::process_env();
     let path = config::config_path(flag, &env);
-    let config = match config::load(path.as_deref(), &env) {
-        Ok(c) => c,
+    match config::load(path.as_deref(), &env) {
+        Ok(config) => Ok(Loaded { config, path, env }),
         Err(e) => {
             eprintln!("{e}");
-            return USAGE;
+            Err(USAGE)
         }
+    }
+}
+
+/// `keygate serve`.
+pub fn serve(flag: Option<PathBuf>) -> u8 {
+    let Loaded { config, path, .. } = match load(flag) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     let rt = match runtime() {
         Ok(rt) => rt,
