@@ -67,7 +67,7 @@ pub fn new_token() -> Result<String, getrandom::Error> {
         // Rejection sampling keeps every character equally likely.
         for b in buf.iter().filter(|b| **b < 248) {
             if body.len() < TOKEN_BODY {
-                body.push(char::from(BASE62[usize::from(*b % 62)]));
+                body.extend(BASE62.get(usize::from(*b % 62)).map(|c| char::from(*c)));
             }
         }
     }
@@ -79,7 +79,7 @@ fn checksum(body: &str) -> String {
     let mut n = crc32fast::hash(body.as_bytes());
     let mut out = [b'0'; TOKEN_CHECK];
     for slot in out.iter_mut().rev() {
-        *slot = BASE62[(n % 62) as usize];
+        *slot = BASE62.get((n % 62) as usize).copied().unwrap_or(b'0');
         n /= 62;
     }
     out.iter().map(|b| char::from(*b)).collect()
@@ -117,7 +117,7 @@ impl Hasher for DigestHasher {
     fn write(&mut self, bytes: &[u8]) {
         for chunk in bytes.chunks(8).take(1) {
             let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
+            word.iter_mut().zip(chunk).for_each(|(w, b)| *w = *b);
             self.0 ^= u64::from_le_bytes(word);
         }
     }

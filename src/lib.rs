@@ -23,6 +23,7 @@
 //! [`reload`], and served by [`app`]; [`admin`] answers health and metrics.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
 pub mod access_log;
 pub mod admin;

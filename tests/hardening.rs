@@ -1,58 +1,156 @@
+//! Hardening: framing probes, path confusion, header limits, slow clients,
+//! connection limits and HTTP/2 floods, each against the real server with the
+//! recording upstream, and after each probe a normal request still works.
+
 mod support;
-use std::time::Duration;
+
+#[path = "hardening/framing.rs"]
+mod framing;
+#[path = "hardening/h2.rs"]
+mod h2;
+#[path = "hardening/limits.rs"]
+mod limits;
+#[path = "hardening/paths.rs"]
+mod paths;
+#[path = "hardening/slow.rs"]
+mod slow;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-async fn probe(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, bool) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut out)).await.is_ok();
-    (String::from_utf8_lossy(&out).into_owned(), closed)
+/// The key of client `billing`, allowed only on route `public` (`/public`).
+pub const KEY: &str = "hardening-key-7f3a";
+/// The key of client `ops`, allowed everywhere.
+pub const ROOT_KEY: &str = "hardening-root-91c2";
+
+/// Two routes, `/public` (max_body 1 KiB) and everything else (`/`), 1 s
+/// header and body timeouts, and `listen_extra` added to `[listen]`.
+pub fn config(upstream: SocketAddr, listen_extra: &str) -> String {
+    format!(
+        r#"[listen]
+address = "127.0.0.1:0"
+header_read_timeout = "1s"
+body_timeout = "1s"
+{listen_extra}
+
+[upstreams.main]
+servers = ["http://{upstream}"]
+
+[[routes]]
+name = "public"
+path = "/public"
+upstream = "main"
+max_body = "1KiB"
+
+[[routes]]
+name = "rest"
+path = "/"
+upstream = "main"
+
+[clients.billing]
+routes = ["public"]
+keys = [{{ hash = "{key}" }}]
+
+[clients.ops]
+routes = ["*"]
+keys = [{{ hash = "{root}" }}]
+"#,
+        key = hash(KEY),
+        root = hash(ROOT_KEY),
+    )
 }
 
-#[tokio::test]
-async fn explore() {
+/// keygate with [`config`] in front of a fresh recording upstream.
+pub async fn start(listen_extra: &str) -> (Upstream, Keygate) {
     let up = Upstream::start().await;
-    let kg = Keygate::start(&basic_config(up.addr, "k1", "")).await;
-    let probes: Vec<(&str, Vec<u8>)> = vec![
-        ("cl+te", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec()),
-        ("two cl differ", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec()),
-        ("two cl same", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello".to_vec()),
-        ("cl list", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nContent-Length: 5, 5\r\n\r\nhello".to_vec()),
-        ("cl +5", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nContent-Length: +5\r\n\r\nhello".to_vec()),
-        ("cl empty", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nContent-Length: \r\n\r\nhello".to_vec()),
-        ("cl overflow", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nContent-Length: 99999999999999999999999\r\n\r\nhello".to_vec()),
-        ("cl -1", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nContent-Length: -1\r\n\r\nhello".to_vec()),
-        ("cl 0x5", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nContent-Length: 0x5\r\n\r\nhello".to_vec()),
-        ("te gzip", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec()),
-        ("te gzip,chunked", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_vec()),
-        ("te chunked,chunked", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n".to_vec()),
-        ("te CHUNKED", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nTransfer-Encoding: CHUNKED\r\n\r\n0\r\n\r\n".to_vec()),
-        ("te two headers", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec()),
-        ("te xchunked", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n".to_vec()),
-        ("te chunked;q", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nTransfer-Encoding: chunked ;\r\n\r\n0\r\n\r\n".to_vec()),
-        ("te http1.0", b"POST /a HTTP/1.0\r\nHost: x\r\nx-api-key: k1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec()),
-        ("obs-fold", b"GET /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nX-Foo: a\r\n  b\r\n\r\n".to_vec()),
-        ("obs-fold tab", b"GET /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nX-Foo: a\r\n\tb\r\n\r\n".to_vec()),
-        ("bare cr", b"GET /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nX-Foo: a\rb\r\n\r\n".to_vec()),
-        ("nul", b"GET /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nX-Foo: a\0b\r\n\r\n".to_vec()),
-        ("bare lf", b"GET /a HTTP/1.1\nHost: x\nx-api-key: k1\n\n".to_vec()),
-        ("two hosts", b"GET /a HTTP/1.1\r\nHost: x\r\nHost: y\r\nx-api-key: k1\r\n\r\n".to_vec()),
-        ("no host", b"GET /a HTTP/1.1\r\nx-api-key: k1\r\n\r\n".to_vec()),
-        ("space before colon", b"GET /a HTTP/1.1\r\nHost: x\r\nx-api-key : k1\r\n\r\n".to_vec()),
-        ("absolute", b"GET http://other/a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\n\r\n".to_vec()),
-        ("chunk ext bad", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nTransfer-Encoding: chunked\r\n\r\n5;\nx\r\nhello\r\n0\r\n\r\n".to_vec()),
-        ("chunk size overflow", b"POST /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n0\r\n\r\n".to_vec()),
-        ("del in value", b"GET /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nX-Foo: a\x7fb\r\n\r\n".to_vec()),
-        ("ctl in value", b"GET /a HTTP/1.1\r\nHost: x\r\nx-api-key: k1\r\nX-Foo: a\x01b\r\n\r\n".to_vec()),
-        ("http/1.0 ka", b"GET /a HTTP/1.0\r\nHost: x\r\nx-api-key: k1\r\n\r\n".to_vec()),
-    ];
-    for (name, bytes) in probes {
-        let before = up.count();
-        let (out, closed) = probe(kg.addr, &bytes).await;
-        let first = out.lines().next().unwrap_or("").to_string();
-        let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
-        println!("{name:22} closed={closed} upstream+={} {first} {}", up.count() - before, &body[..body.len().min(60)]);
+    let kg = Keygate::start(&config(up.addr, listen_extra)).await;
+    (up, kg)
+}
+
+/// What a raw exchange produced.
+#[derive(Debug)]
+pub struct Exchange {
+    pub text: String,
+    /// The server closed the connection (EOF or reset) within the bound.
+    pub closed: bool,
+    pub elapsed: Duration,
+}
+
+impl Exchange {
+    /// The status code of the first response, if any.
+    pub fn status(&self) -> Option<u16> {
+        self.text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
     }
+
+    /// The body of the first response.
+    pub fn body(&self) -> &str {
+        self.text.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+    }
+}
+
+/// Send `bytes` on a new connection and read until the server closes it, or
+/// `bound` passes.
+pub async fn exchange(addr: SocketAddr, bytes: &[u8], bound: Duration) -> Exchange {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    // A server that refuses early may reset before all is written.
+    let _ = tcp.write_all(bytes).await;
+    read_to_close(&mut tcp, bound).await
+}
+
+/// Read until EOF or reset (closed), or until `bound` passes (not closed).
+pub async fn read_to_close(tcp: &mut TcpStream, bound: Duration) -> Exchange {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        let left = bound.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, tcp.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(buf.get(..n).unwrap_or_default()),
+        }
+    };
+    Exchange { text: String::from_utf8_lossy(&out).into_owned(), closed, elapsed: start.elapsed() }
+}
+
+/// Read one response head and its `Content-Length` body from a kept-alive connection.
+pub async fn read_response(tcp: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, tcp.read(&mut buf)).await.expect("response in time").expect("read");
+        assert!(n > 0, "connection closed before a full response: {text:?}");
+        out.extend_from_slice(buf.get(..n).unwrap_or_default());
+    }
+}
+
+/// A plain, allowed request still gets through and reaches the upstream.
+pub async fn still_serves(kg: &Keygate, up: &Upstream) {
+    let oks = || up.requests().iter().filter(|r| r.uri == "/public/ok").count();
+    let before = oks();
+    let r = get(&kg.url("/public/ok"), &[("x-api-key", KEY)]).await;
+    assert_eq!(r.status, 200, "normal request after the probe: {:?}", r.body);
+    assert_eq!(oks(), before + 1);
+}
+
+/// A raw GET for `target` with the allowed key, closing after the response.
+pub fn raw_get(target: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: keygate.test\r\nX-Api-Key: {KEY}\r\nConnection: close\r\n\r\n").into_bytes()
 }

@@ -35,6 +35,10 @@ pub enum PathError {
     /// A `..` segment climbs above the root.
     #[error("path climbs above the root")]
     AboveRoot,
+    /// A `.` or `..` segment carries `;` parameters, which Tomcat and other
+    /// servlet containers strip before resolving dots (`/public/..;/admin`).
+    #[error("dot segment with parameters")]
+    DotWithParams,
 }
 
 /// Normalise the path part (no query) of a request target.
@@ -55,6 +59,7 @@ fn is_normal(rest: &str) -> Result<bool, PathError> {
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
         normal &= write_segment(segment, None)?;
+        refuse_dot_with_params(segment)?;
         // Only the final segment may be empty: that is a kept trailing slash.
         normal &= match segment {
             "" => last,
@@ -77,7 +82,9 @@ fn rebuild(rest: &str) -> Result<String, PathError> {
         out.push('/');
         write_segment(segment, Some(&mut out))?;
         // Dot segments are recognised after decoding, so `%2e%2e` is `..`.
-        let is_dot_dot = match out.get(start..).and_then(|s| s.strip_prefix('/')) {
+        let written = out.get(start..).and_then(|s| s.strip_prefix('/'));
+        refuse_dot_with_params(written.unwrap_or_default())?;
+        let is_dot_dot = match written {
             Some("" | ".") => false,
             Some("..") => true,
             _ => {
@@ -96,6 +103,17 @@ fn rebuild(rest: &str) -> Result<String, PathError> {
         }
     }
     Ok(out)
+}
+
+/// Refuses `.;x`, `..;x` and `..%3Bx`: dot segments to servers that drop
+/// path parameters, ordinary names to keygate.
+fn refuse_dot_with_params(segment: &str) -> Result<(), PathError> {
+    let params = segment.find(';').into_iter();
+    let encoded = segment.find("%3B").into_iter().chain(segment.find("%3b"));
+    match params.chain(encoded).min().and_then(|i| segment.get(..i)) {
+        Some("." | "..") => Err(PathError::DotWithParams),
+        _ => Ok(()),
+    }
 }
 
 /// Checks one segment and, given `out`, appends its normal form to it.
@@ -270,16 +288,7 @@ mod tests {
 
     #[test]
     fn refuses_bad_percent() {
-        for p in [
-            "/%",
-            "/a%2",
-            "/%zz",
-            "/%2G",
-            "/%+1",
-            "/%-1",
-            "/% 1",
-            "/%2\u{e9}",
-        ] {
+        for p in ["/%", "/a%2", "/%zz", "/%2G", "/%+1", "/%-1", "/% 1", "/%2\u{e9}"] {
             assert_eq!(err(p), PathError::BadPercent, "{p:?}");
         }
     }
@@ -308,6 +317,19 @@ mod tests {
         for p in ["/..", "/../a", "/a/../..", "/a/../../b", "/./.."] {
             assert_eq!(err(p), PathError::AboveRoot, "{p:?}");
         }
+    }
+
+    #[test]
+    fn refuses_dot_segments_with_parameters() {
+        for p in ["/public/..;/admin", "/a/.;x/b", "/a/..%3Bx", "/a/%2e%2e;/b", "/a/.%2E%3b", "/..;"] {
+            assert_eq!(err(p), PathError::DotWithParams, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn keeps_other_parameters() {
+        assert!(is_borrowed("/a;jsessionid=1/b;v=2"));
+        assert!(is_borrowed("/...;x/a.;b/;/%3B"));
     }
 
     #[test]
@@ -381,10 +403,7 @@ mod tests {
 
     #[test]
     fn errors_have_messages() {
-        assert_eq!(
-            PathError::AboveRoot.to_string(),
-            "path climbs above the root"
-        );
+        assert_eq!(PathError::AboveRoot.to_string(), "path climbs above the root");
         assert_eq!(PathError::EncodedSlash.to_string(), "encoded slash in path");
     }
 
@@ -401,8 +420,8 @@ mod tests {
     /// Paths built from the alphabet plus `extra`, each piece picked by weight.
     fn path_from(extra: &[&'static str]) -> impl Strategy<Value = String> {
         let mut alphabet = vec![
-            "/", "/", "/", ".", ".", ".", "%", "2", "F", "f", "5", "C", "c", "e", "E", "0", "a",
-            "A", "7", "b", "x", "~", "-", "_", "\u{e9}",
+            "/", "/", "/", ".", ".", ".", "%", "2", "F", "f", "5", "C", "c", "e", "E", "0", "a", "A", "7", "b", "x",
+            "~", "-", "_", "\u{e9}",
         ];
         alphabet.extend_from_slice(extra);
         let tokens = proptest::sample::select(vec![

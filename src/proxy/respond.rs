@@ -37,8 +37,9 @@ pub fn reject(reject: Reject, request_id: &HeaderValue, limit: Option<&Decision>
     if matches!(reject, Reject::MissingKey | Reject::InvalidKey) {
         h.insert(header::WWW_AUTHENTICATE, challenge(auth));
     }
-    if matches!(reject, Reject::BadRequest) {
-        // An ambiguous request may have left the stream in an unknown state.
+    if matches!(reject, Reject::BadRequest | Reject::HeadersTooLarge) {
+        // An ambiguous request may have left the stream in an unknown state;
+        // a client that sends oversized headers gets no second try on this one.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if let Some(decision) = limit {

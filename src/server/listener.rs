@@ -1,10 +1,12 @@
 //! The accept loop. It only accepts: each connection is spawned at once, and
 //! its TLS handshake and HTTP work happen in its own task.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::StatusCode;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -13,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use super::idle::{Activity, IdleIo, Tracked};
 use crate::config::Listen;
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
@@ -76,19 +79,25 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, wat
     }
 }
 
+/// hyper's own header limits sit this many times above keygate's, so that
+/// keygate sees a request between the two and answers its JSON 431
+/// ([`crate::proxy::framing`]); beyond them hyper answers a bare 431 or resets.
+const HYPER_HEADER_MARGIN: usize = 2;
+
 fn builder(listen: &Listen) -> auto::Builder<TokioExecutor> {
+    let head_bytes = listen.max_header_bytes.saturating_mul(HYPER_HEADER_MARGIN);
     let mut b = auto::Builder::new(TokioExecutor::new());
+    // No hyper header_read_timeout: it would also cut idle keep-alive
+    // connections; `IdleIo` keeps both deadlines apart.
     b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(listen.header_read_timeout)
-        .max_buf_size(listen.max_header_bytes.max(8192))
-        .max_headers(listen.max_headers)
+        .max_buf_size(head_bytes.max(8192))
+        .max_headers(listen.max_headers.saturating_mul(HYPER_HEADER_MARGIN))
         .writev(false)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(listen.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(listen.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(head_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(100))
         .keep_alive_interval(Some(listen.idle_timeout))
@@ -101,7 +110,19 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let info = Arc::new(info);
-    let service = service_fn(move |req| proxy::handle(req, info.clone(), shared.clone()));
+    let activity = Arc::new(Activity::default());
+    let io = IdleIo::new(io, activity.clone(), listen.header_read_timeout, listen.idle_timeout);
+    let service = service_fn(move |req| {
+        let in_flight = activity.begin();
+        let handled = proxy::handle(req, info.clone(), shared.clone());
+        async move {
+            let response = handled.await?;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                in_flight.upgraded();
+            }
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+        }
+    });
     let builder = builder(listen);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let conn = watcher.watch(conn.into_owned());

@@ -48,9 +48,7 @@ type Body = BoxBody<Bytes, Infallible>;
 impl Upstream {
     /// Bind 127.0.0.1:0 and serve until the test ends.
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let up = Upstream {
             addr: listener.local_addr().expect("addr"),
             received: Arc::default(),
@@ -79,9 +77,7 @@ impl Upstream {
 
     /// The last request received.
     pub fn last(&self) -> Received {
-        self.requests()
-            .pop()
-            .expect("the upstream received a request")
+        self.requests().pop().expect("the upstream received a request")
     }
 
     /// How many requests arrived.
@@ -94,20 +90,13 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed()
 }
 
-pub(crate) async fn answer(
-    req: Request<Incoming>,
-    up: Upstream,
-) -> Result<Response<Body>, Infallible> {
+pub(crate) async fn answer(req: Request<Incoming>, up: Upstream) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/ws" {
         return Ok(websocket(req));
     }
     let (parts, body) = req.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let received = Received {
         method: parts.method.clone(),
         uri: parts.uri.to_string(),
@@ -125,8 +114,7 @@ pub(crate) async fn answer(
         (Some("big"), Some(n)) => big(n.parse().unwrap_or(0), up.clone()),
         (Some("status"), Some(code)) => {
             let mut r = Response::new(full("status"));
-            *r.status_mut() =
-                StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap_or(StatusCode::OK);
+            *r.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap_or(StatusCode::OK);
             r
         }
         _ => echo(&received),
@@ -135,11 +123,8 @@ pub(crate) async fn answer(
 }
 
 fn echo(r: &Received) -> Response<Body> {
-    let headers: serde_json::Map<String, serde_json::Value> = r
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
-        .collect();
+    let headers: serde_json::Map<String, serde_json::Value> =
+        r.headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into())).collect();
     let json = serde_json::json!({
         "method": r.method.as_str(),
         "uri": r.uri,
@@ -148,12 +133,9 @@ fn echo(r: &Received) -> Response<Body> {
         "body_sha256": r.body_sha256,
     });
     let mut res = Response::new(full(json.to_string()));
-    res.headers_mut()
-        .insert("x-upstream", http::HeaderValue::from_static("yes"));
-    res.headers_mut()
-        .insert("connection", http::HeaderValue::from_static("x-hop"));
-    res.headers_mut()
-        .insert("x-hop", http::HeaderValue::from_static("should be removed"));
+    res.headers_mut().insert("x-upstream", http::HeaderValue::from_static("yes"));
+    res.headers_mut().insert("connection", http::HeaderValue::from_static("x-hop"));
+    res.headers_mut().insert("x-hop", http::HeaderValue::from_static("should be removed"));
     res
 }
 
@@ -176,10 +158,7 @@ fn big(n: usize, up: Upstream) -> Response<Body> {
                 up.release.notified().await;
             }
             let chunk: Vec<u8> = (sent..sent + len).map(pattern).collect();
-            Some((
-                Ok::<_, Infallible>(Frame::data(Bytes::from(chunk))),
-                sent + len,
-            ))
+            Some((Ok::<_, Infallible>(Frame::data(Bytes::from(chunk))), sent + len))
         }
     });
     Response::new(BodyExt::boxed(StreamBody::new(stream)))
