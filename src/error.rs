@@ -37,11 +37,9 @@ impl Reject {
                 "Too many failed authentications from this address",
             ),
             BadRequest => (StatusCode::BAD_REQUEST, "bad_request", "Malformed or ambiguous request"),
-            HeadersTooLarge => (
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-                "Request headers too large",
-            ),
+            HeadersTooLarge => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", "Request headers too large")
+            }
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Request body too large"),
             RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout", "Request body not received in time"),
             BadGateway => (StatusCode::BAD_GATEWAY, "bad_gateway", "Upstream unavailable"),
@@ -52,9 +50,7 @@ impl Reject {
     /// Seconds to put in `Retry-After`, if any.
     pub fn retry_after(self) -> Option<u64> {
         match self {
-            Reject::RateLimited { retry_after } | Reject::TooManyFailures { retry_after } => {
-                Some(retry_after)
-            }
+            Reject::RateLimited { retry_after } | Reject::TooManyFailures { retry_after } => Some(retry_after),
             _ => None,
         }
     }

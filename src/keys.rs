@@ -25,9 +25,8 @@ pub fn fingerprint(digest: &[u8; 32]) -> String {
 
 /// Parse `sha256:<64 hex digits>`.
 pub fn parse_hash(s: &str) -> Result<[u8; 32], String> {
-    let hex_part = s
-        .strip_prefix("sha256:")
-        .ok_or_else(|| format!("\"{s}\" must start with \"sha256:\" (see `keygate hash`)"))?;
+    let hex_part =
+        s.strip_prefix("sha256:").ok_or_else(|| format!("\"{s}\" must start with \"sha256:\" (see `keygate hash`)"))?;
     let mut out = [0u8; 32];
     hex::decode_to_slice(hex_part, &mut out)
         .map_err(|_| format!("\"{s}\" is not sha256: followed by 64 hex digits"))?;
@@ -36,9 +35,7 @@ pub fn parse_hash(s: &str) -> Result<[u8; 32], String> {
 
 /// Client ids travel in a header and in metric labels: keep them plain.
 pub fn valid_client_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// Seconds since the Unix epoch.

@@ -11,7 +11,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A TLS-terminating reverse proxy that authenticates server-to-server calls with API keys.
 #[derive(Parser)]
-#[command(name = "keygate", version, after_help = "Examples:\n  keygate demo\n  keygate serve -c keygate.toml\n  KEYGATE_UPSTREAM=http://127.0.0.1:8080 KEYGATE_KEY_BILLING=... keygate serve")]
+#[command(
+    name = "keygate",
+    version,
+    after_help = "Examples:\n  keygate demo\n  keygate serve -c keygate.toml\n  KEYGATE_UPSTREAM=http://127.0.0.1:8080 KEYGATE_KEY_BILLING=... keygate serve"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,7 +38,9 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Print a new key, its hash and a TOML snippet.
-    #[command(after_help = "Examples:\n  keygate keygen --client billing\n  keygate keygen --client billing --format token --add-to keygate.toml --retire-after 7d")]
+    #[command(
+        after_help = "Examples:\n  keygate keygen --client billing\n  keygate keygen --client billing --format token --add-to keygate.toml --retire-after 7d"
+    )]
     Keygen(cli::keygen::Args),
     /// Read a key from standard input and print its hash.
     #[command(after_help = "Example:\n  echo \"$KEY\" | keygate hash")]

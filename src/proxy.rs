@@ -137,7 +137,8 @@ async fn run(
     let server = upstream.pick().ok_or(with_limit(Reject::BadGateway))?;
     let pq = path_and_query(&parts, &path, query.as_deref()).map_err(with_limit)?;
     parts.uri = forward::upstream_uri(pq);
-    let upgrade = forward::wants_websocket(&parts).then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
+    let upgrade =
+        forward::wants_websocket(&parts).then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
     prepare_headers(&mut parts, snap, client, conn, source, host.as_ref(), &record.request_id);
     let body = RequestBody::new(body, route.max_body, snap.config.listen.body_timeout);
     let response = forward::send(upstream, server, parts, body, upgrade).await.map_err(|f| {
@@ -184,6 +185,10 @@ fn request_host(parts: &Parts) -> Result<Option<HeaderValue>, Reject> {
     }
     if let Some(authority) = parts.uri.authority() {
         return HeaderValue::from_str(authority.as_str()).map(Some).map_err(|_| Reject::BadRequest);
+    }
+    // RFC 9112: an HTTP/1.1 request without Host is refused.
+    if first.is_none() && parts.version == http::Version::HTTP_11 {
+        return Err(Reject::BadRequest);
     }
     Ok(first.cloned())
 }

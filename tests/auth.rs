@@ -35,17 +35,9 @@ upstream = "main"
 fn body_without_id(r: &Reply) -> serde_json::Value {
     let mut v = r.json();
     let id = v.as_object_mut().and_then(|o| o.remove("request_id"));
-    let id = id
-        .as_ref()
-        .and_then(|id| id.as_str())
-        .unwrap_or_default()
-        .to_string();
+    let id = id.as_ref().and_then(|id| id.as_str()).unwrap_or_default().to_string();
     assert!(!id.is_empty(), "error body has a request_id: {v}");
-    assert_eq!(
-        r.header("x-request-id"),
-        Some(id.as_str()),
-        "request_id matches X-Request-Id"
-    );
+    assert_eq!(r.header("x-request-id"), Some(id.as_str()), "request_id matches X-Request-Id");
     v
 }
 
@@ -53,15 +45,9 @@ fn body_without_id(r: &Reply) -> serde_json::Value {
 fn assert_401(r: &Reply, code: &str, message: &str) -> serde_json::Value {
     assert_eq!(r.status, 401, "body: {:?}", r.body);
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert!(
-        r.header("www-authenticate").is_some_and(|v| !v.is_empty()),
-        "401 carries WWW-Authenticate"
-    );
+    assert!(r.header("www-authenticate").is_some_and(|v| !v.is_empty()), "401 carries WWW-Authenticate");
     let body = body_without_id(r);
-    assert_eq!(
-        body,
-        serde_json::json!({ "error": code, "message": message })
-    );
+    assert_eq!(body, serde_json::json!({ "error": code, "message": message }));
     body
 }
 
@@ -132,12 +118,7 @@ async fn unknown_expired_and_not_yet_valid_keys_look_the_same() {
             .headers
             .iter()
             .filter(|(k, _)| !matches!(k.as_str(), "x-request-id" | "date" | "content-length"))
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect();
         headers.sort();
         seen.push((key, body, headers, r.body.len()));
@@ -145,14 +126,8 @@ async fn unknown_expired_and_not_yet_valid_keys_look_the_same() {
     let (_, first_body, first_headers, first_len) = &seen[0];
     for (key, body, headers, len) in &seen[1..] {
         assert_eq!(body, first_body, "{key}: same body as an unknown key");
-        assert_eq!(
-            headers, first_headers,
-            "{key}: same headers as an unknown key"
-        );
-        assert_eq!(
-            len, first_len,
-            "{key}: same body length (request ids have one length)"
-        );
+        assert_eq!(headers, first_headers, "{key}: same headers as an unknown key");
+        assert_eq!(len, first_len, "{key}: same body length (request ids have one length)");
     }
     kg.stop().await;
 }
@@ -166,10 +141,7 @@ async fn corrupt_token_is_refused_even_when_its_hash_is_configured() {
     let last = broken.pop().expect("non-empty token");
     broken.push(if last == 'A' { 'B' } else { 'A' });
     // The broken token's own hash is configured, so only the checksum check can refuse it.
-    let clients = format!(
-        "[clients.corrupt]\nroutes = [\"*\"]\nkeys = [{{ hash = \"{}\" }}]\n",
-        hash(&broken)
-    );
+    let clients = format!("[clients.corrupt]\nroutes = [\"*\"]\nkeys = [{{ hash = \"{}\" }}]\n", hash(&broken));
     let kg = Keygate::start(&basic_config(up.addr, &good, &clients)).await;
     let ok = get(&kg.url("/x"), &[("x-api-key", &good)]).await;
     assert_eq!(ok.status, 200, "a well-formed token is accepted");
@@ -191,10 +163,7 @@ async fn both_keys_of_one_client_work() {
     for key in ["billing-old", "billing-new"] {
         let r = get(&kg.url("/x"), &[("x-api-key", key)]).await;
         assert_eq!(r.status, 200, "{key}");
-        assert_eq!(
-            up.last().headers.get("x-client-id").map(|v| v.as_bytes()),
-            Some(&b"billing"[..])
-        );
+        assert_eq!(up.last().headers.get("x-client-id").map(|v| v.as_bytes()), Some(&b"billing"[..]));
     }
     assert_eq!(up.count(), 2);
     kg.stop().await;
@@ -204,21 +173,11 @@ async fn both_keys_of_one_client_work() {
 async fn bearer_is_accepted_and_authorization_stripped() {
     let up = Upstream::start().await;
     let kg = Keygate::start(&basic_config(up.addr, KEY, "")).await;
-    let r = get(
-        &kg.url("/x"),
-        &[("authorization", &format!("Bearer {KEY}"))],
-    )
-    .await;
+    let r = get(&kg.url("/x"), &[("authorization", &format!("Bearer {KEY}"))]).await;
     assert_eq!(r.status, 200);
     let seen = up.last();
-    assert!(
-        seen.headers.get("authorization").is_none(),
-        "Authorization carried the key: removed"
-    );
-    assert_eq!(
-        seen.headers.get("x-client-id").map(|v| v.as_bytes()),
-        Some(&b"billing"[..])
-    );
+    assert!(seen.headers.get("authorization").is_none(), "Authorization carried the key: removed");
+    assert_eq!(seen.headers.get("x-client-id").map(|v| v.as_bytes()), Some(&b"billing"[..]));
     kg.stop().await;
 }
 
@@ -229,41 +188,22 @@ async fn basic_authorization_is_not_a_key_and_passes_through() {
     let basic = "Basic dXNlcjpwYXNz";
     let alone = get(&kg.url("/x"), &[("authorization", basic)]).await;
     assert_401(&alone, "missing_api_key", "API key missing");
-    let with_key = get(
-        &kg.url("/x"),
-        &[("x-api-key", KEY), ("authorization", basic)],
-    )
-    .await;
+    let with_key = get(&kg.url("/x"), &[("x-api-key", KEY), ("authorization", basic)]).await;
     assert_eq!(with_key.status, 200);
     let seen = up.last();
-    assert_eq!(
-        seen.headers.get("authorization").map(|v| v.as_bytes()),
-        Some(basic.as_bytes()),
-        "untouched"
-    );
+    assert_eq!(seen.headers.get("authorization").map(|v| v.as_bytes()), Some(basic.as_bytes()), "untouched");
     kg.stop().await;
 }
 
 #[tokio::test]
 async fn custom_key_header_name() {
     let up = Upstream::start().await;
-    let kg = Keygate::start(&basic_config(
-        up.addr,
-        KEY,
-        "[auth]\nheader = \"X-Service-Token\"\n",
-    ))
-    .await;
+    let kg = Keygate::start(&basic_config(up.addr, KEY, "[auth]\nheader = \"X-Service-Token\"\n")).await;
     let r = get(&kg.url("/x"), &[("x-service-token", KEY)]).await;
     assert_eq!(r.status, 200);
     let seen = up.last();
-    assert!(
-        seen.headers.get("x-service-token").is_none(),
-        "the configured key header is stripped"
-    );
-    assert_eq!(
-        seen.headers.get("x-client-id").map(|v| v.as_bytes()),
-        Some(&b"billing"[..])
-    );
+    assert!(seen.headers.get("x-service-token").is_none(), "the configured key header is stripped");
+    assert_eq!(seen.headers.get("x-client-id").map(|v| v.as_bytes()), Some(&b"billing"[..]));
     let default_header = get(&kg.url("/x"), &[("x-api-key", KEY)]).await;
     assert_401(&default_header, "missing_api_key", "API key missing");
     kg.stop().await;
@@ -272,19 +212,10 @@ async fn custom_key_header_name() {
 #[tokio::test]
 async fn query_param_key_when_configured_is_stripped_keeping_other_params() {
     let up = Upstream::start().await;
-    let kg = Keygate::start(&basic_config(
-        up.addr,
-        KEY,
-        "[auth]\nquery_param = \"api_key\"\n",
-    ))
-    .await;
+    let kg = Keygate::start(&basic_config(up.addr, KEY, "[auth]\nquery_param = \"api_key\"\n")).await;
     let r = get(&kg.url(&format!("/q?b=2&api_key={KEY}&a=1&z")), &[]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        up.last().uri,
-        "/q?b=2&a=1&z",
-        "key removed, the rest kept in order"
-    );
+    assert_eq!(up.last().uri, "/q?b=2&a=1&z", "key removed, the rest kept in order");
     let only = get(&kg.url(&format!("/q?api_key={KEY}")), &[]).await;
     assert_eq!(only.status, 200);
     assert_eq!(up.last().uri, "/q", "no empty query left behind");
@@ -294,23 +225,10 @@ async fn query_param_key_when_configured_is_stripped_keeping_other_params() {
 #[tokio::test]
 async fn query_param_is_stripped_even_when_the_key_came_from_the_header() {
     let up = Upstream::start().await;
-    let kg = Keygate::start(&basic_config(
-        up.addr,
-        KEY,
-        "[auth]\nquery_param = \"api_key\"\n",
-    ))
-    .await;
-    let r = get(
-        &kg.url(&format!("/q?a=1&api_key={KEY}")),
-        &[("x-api-key", KEY)],
-    )
-    .await;
+    let kg = Keygate::start(&basic_config(up.addr, KEY, "[auth]\nquery_param = \"api_key\"\n")).await;
+    let r = get(&kg.url(&format!("/q?a=1&api_key={KEY}")), &[("x-api-key", KEY)]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        up.last().uri,
-        "/q?a=1",
-        "a second copy of the key must not reach the upstream"
-    );
+    assert_eq!(up.last().uri, "/q?a=1", "a second copy of the key must not reach the upstream");
     kg.stop().await;
 }
 
@@ -330,30 +248,15 @@ async fn env_only_config_serves_a_sidecar() {
     let upstream = format!("http://{}", up.addr);
     let kg = Process::serve(
         None,
-        &[
-            ("KEYGATE_LISTEN", "127.0.0.1:0"),
-            ("KEYGATE_UPSTREAM", &upstream),
-            ("KEYGATE_KEY_BILLING", KEY),
-        ],
+        &[("KEYGATE_LISTEN", "127.0.0.1:0"), ("KEYGATE_UPSTREAM", &upstream), ("KEYGATE_KEY_BILLING", KEY)],
     );
-    let r = get(
-        &format!("http://{}/side?x=1", kg.addr),
-        &[("x-api-key", KEY)],
-    )
-    .await;
+    let r = get(&format!("http://{}/side?x=1", kg.addr), &[("x-api-key", KEY)]).await;
     assert_eq!(r.status, 200);
     let seen = up.last();
     assert_eq!(seen.uri, "/side?x=1");
-    assert_eq!(
-        seen.headers.get("x-client-id").map(|v| v.as_bytes()),
-        Some(&b"billing"[..])
-    );
+    assert_eq!(seen.headers.get("x-client-id").map(|v| v.as_bytes()), Some(&b"billing"[..]));
     assert!(seen.headers.get("x-api-key").is_none());
-    let wrong = get(
-        &format!("http://{}/side", kg.addr),
-        &[("x-api-key", "wrong")],
-    )
-    .await;
+    let wrong = get(&format!("http://{}/side", kg.addr), &[("x-api-key", "wrong")]).await;
     assert_eq!(wrong.status, 401);
     let id = wrong.header("x-request-id").expect("request id");
     let out = wait_for_output(&kg, id);
@@ -383,20 +286,14 @@ upstream = "main"
 "#,
         up.addr
     );
-    let env: BTreeMap<String, String> = [
-        ("KEYGATE_KEY_BILLING_V2", KEY),
-        ("KEYGATE_ROUTES_BILLING_V2", "orders"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let env: BTreeMap<String, String> = [("KEYGATE_KEY_BILLING_V2", KEY), ("KEYGATE_ROUTES_BILLING_V2", "orders")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let kg = Keygate::start_with_env(&toml, &env).await;
     let allowed = get(&kg.url("/orders/1"), &[("x-api-key", KEY)]).await;
     assert_eq!(allowed.status, 200);
-    assert_eq!(
-        up.last().headers.get("x-client-id").map(|v| v.as_bytes()),
-        Some(&b"billing-v2"[..])
-    );
+    assert_eq!(up.last().headers.get("x-client-id").map(|v| v.as_bytes()), Some(&b"billing-v2"[..]));
     let refused = get(&kg.url("/items/1"), &[("x-api-key", KEY)]).await;
     assert_eq!(refused.status, 403);
     assert_eq!(refused.json()["error"], "forbidden");
@@ -431,27 +328,17 @@ async fn keys_never_appear_in_the_output() {
     let base = format!("http://{}", kg.addr);
     let calls = [
         get(&format!("{base}/a"), &[("x-api-key", file_key)]).await,
-        get(
-            &format!("{base}/b"),
-            &[("authorization", &format!("Bearer {env_key}"))],
-        )
-        .await,
+        get(&format!("{base}/b"), &[("authorization", &format!("Bearer {env_key}"))]).await,
         get(&format!("{base}/c?x=1&api_key={file_key}"), &[]).await,
         get(&format!("{base}/d?api_key={wrong_key}"), &[]).await,
         get(&format!("{base}/e"), &[("x-api-key", wrong_key)]).await,
     ];
     let statuses: Vec<u16> = calls.iter().map(|r| r.status.as_u16()).collect();
     assert_eq!(statuses, [200, 200, 200, 401, 401]);
-    let last_id = calls[4]
-        .header("x-request-id")
-        .expect("request id")
-        .to_string();
+    let last_id = calls[4].header("x-request-id").expect("request id").to_string();
     let out = wait_for_output(&kg, &last_id);
     assert!(out.contains(&last_id), "the access log was written: {out}");
     for key in [file_key, env_key, wrong_key] {
-        assert!(
-            !out.contains(key),
-            "key {key} leaked into the output:\n{out}"
-        );
+        assert!(!out.contains(key), "key {key} leaked into the output:\n{out}");
     }
 }

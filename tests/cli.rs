@@ -19,17 +19,10 @@ struct Run {
 /// Run the keygate binary in `dir` with only `env` (and PATH), feeding `stdin`.
 fn keygate(args: &[&str], dir: &Path, env: &[(&str, &str)], stdin: &[u8]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
-    cmd.args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd.args(args).current_dir(dir).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     cmd.envs(env.iter().copied());
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn keygate");
+    let mut child =
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn keygate");
     if let Some(mut input) = child.stdin.take() {
         input.write_all(stdin).expect("write stdin");
     }
@@ -38,12 +31,10 @@ fn keygate(args: &[&str], dir: &Path, env: &[(&str, &str)], stdin: &[u8]) -> Run
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("keygate {args:?} did not finish in time")
-        });
+    let out = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        panic!("keygate {args:?} did not finish in time")
+    });
     let out = out.expect("output");
     Run {
         code: out.status.code(),
@@ -61,11 +52,7 @@ fn check(text: &str, env: &[(&str, &str)]) -> Run {
 
 /// 1-based line and column of the `nth` (0-based) occurrence of `needle`.
 fn position(text: &str, needle: &str, nth: usize) -> (usize, usize) {
-    let offset = text
-        .match_indices(needle)
-        .nth(nth)
-        .map(|(i, _)| i)
-        .expect("needle in text");
+    let offset = text.match_indices(needle).nth(nth).map(|(i, _)| i).expect("needle in text");
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -103,13 +90,7 @@ fn billing(hash: &str) -> String {
 }
 
 fn assert_config_error(run: &Run, expected: &str) {
-    assert_eq!(
-        run.code,
-        Some(2),
-        "stdout: {}\nstderr: {}",
-        run.stdout,
-        run.stderr
-    );
+    assert_eq!(run.code, Some(2), "stdout: {}\nstderr: {}", run.stdout, run.stderr);
     assert!(
         run.stderr.lines().any(|l| l.starts_with(expected)),
         "expected a line starting with\n  {expected}\ngot:\n{}",
@@ -134,10 +115,7 @@ fn check_names_an_unknown_field_with_its_line() {
         1,
     );
     let (line, col) = position(&text, "paht", 0);
-    assert_config_error(
-        &check(&text, &[]),
-        &format!("keygate.toml:{line}:{col}: routes[1].paht: unknown field"),
-    );
+    assert_config_error(&check(&text, &[]), &format!("keygate.toml:{line}:{col}: routes[1].paht: unknown field"));
 }
 
 #[test]
@@ -149,8 +127,7 @@ fn check_names_an_unknown_field_inside_a_key_table() {
     );
     let text = config(&clients);
     let (line, col) = position(&text, "expirs", 0);
-    let expected =
-        format!("keygate.toml:{line}:{col}: clients.billing.keys[1].expirs: unknown field");
+    let expected = format!("keygate.toml:{line}:{col}: clients.billing.keys[1].expirs: unknown field");
     assert_config_error(&check(&text, &[]), &expected);
 }
 
@@ -169,10 +146,7 @@ fn check_names_the_table_missing_a_field() {
 #[test]
 fn check_validates_an_environment_only_config() {
     let dir = tempdir();
-    let env = [
-        ("KEYGATE_UPSTREAM", "http://127.0.0.1:9"),
-        ("KEYGATE_KEY_BILLING", "k1"),
-    ];
+    let env = [("KEYGATE_UPSTREAM", "http://127.0.0.1:9"), ("KEYGATE_KEY_BILLING", "k1")];
     let ok = keygate(&["check"], dir.path(), &env, b"");
     assert_eq!(ok.code, Some(0), "{}", ok.stderr);
     let bad = [env[0], env[1], ("KEYGATE_ROUTES_BILLING", "orders")];
@@ -182,21 +156,17 @@ fn check_validates_an_environment_only_config() {
 
 #[test]
 fn check_names_an_unknown_route_in_a_client() {
-    let text =
-        config("[clients.billing]\nroutes = [\"orders-read\", \"orders-wrte\"]\nkeys = []\n");
+    let text = config("[clients.billing]\nroutes = [\"orders-read\", \"orders-wrte\"]\nkeys = []\n");
     let (line, col) = position(&text, "\"orders-wrte\"", 0);
-    let expected =
-        format!("keygate.toml:{line}:{col}: clients.billing.routes: unknown route \"orders-wrte\"");
+    let expected = format!("keygate.toml:{line}:{col}: clients.billing.routes: unknown route \"orders-wrte\"");
     assert_config_error(&check(&text, &[]), &expected);
 }
 
 #[test]
 fn check_names_a_duplicate_route_name() {
-    let text =
-        config(&billing(&hash("k1"))).replace("name = \"orders-write\"", "name = \"orders-read\"");
+    let text = config(&billing(&hash("k1"))).replace("name = \"orders-write\"", "name = \"orders-read\"");
     let (line, col) = position(&text, "\"orders-read\"", 1);
-    let expected =
-        format!("keygate.toml:{line}:{col}: routes[1].name: duplicate route name \"orders-read\"");
+    let expected = format!("keygate.toml:{line}:{col}: routes[1].name: duplicate route name \"orders-read\"");
     assert_config_error(&check(&text, &[]), &expected);
 }
 
@@ -206,23 +176,23 @@ fn check_names_a_malformed_hash() {
     let (line, col) = position(&text, "\"sha256:not-hex\"", 0);
     let expected = format!("keygate.toml:{line}:{col}: clients.billing.keys[0].hash: ");
     assert_config_error(&check(&text, &[]), &expected);
-    let bare = config(&billing(
-        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-    ));
+    let bare = config(&billing("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"));
     let (line, col) = position(&bare, "\"9f86", 0);
-    assert_config_error(
-        &check(&bare, &[]),
-        &format!("keygate.toml:{line}:{col}: clients.billing.keys[0].hash: "),
-    );
+    assert_config_error(&check(&bare, &[]), &format!("keygate.toml:{line}:{col}: clients.billing.keys[0].hash: "));
 }
 
 #[test]
 fn check_names_a_duplicate_hash_across_clients() {
     let h = hash("shared-key");
-    let ops = format!("[clients.ops]\nroutes = [\"*\"]\nkeys = [\n  {{ hash = \"{}\" }},\n  {{ hash = \"{h}\" }},\n]\n", hash("ops-key"));
+    let ops = format!(
+        "[clients.ops]\nroutes = [\"*\"]\nkeys = [\n  {{ hash = \"{}\" }},\n  {{ hash = \"{h}\" }},\n]\n",
+        hash("ops-key")
+    );
     let text = config(&(billing(&h) + &ops));
     let (line, col) = position(&text, &format!("\"{h}\""), 1);
-    let expected = format!("keygate.toml:{line}:{col}: clients.ops.keys[1]: duplicate key: the same key is clients.billing.keys[0]");
+    let expected = format!(
+        "keygate.toml:{line}:{col}: clients.ops.keys[1]: duplicate key: the same key is clients.billing.keys[0]"
+    );
     assert_config_error(&check(&text, &[]), &expected);
 }
 
@@ -230,15 +200,8 @@ fn check_names_a_duplicate_hash_across_clients() {
 fn check_names_the_variable_of_a_duplicate_env_key() {
     let text = config(&billing(&hash("shared-key")));
     let run = check(&text, &[("KEYGATE_KEY_OPS", "shared-key")]);
-    assert_config_error(
-        &run,
-        "KEYGATE_KEY_OPS: clients.ops: duplicate key: the same key is clients.billing.keys[0]",
-    );
-    assert!(
-        !run.stderr.contains("shared-key"),
-        "the plain key is never printed: {}",
-        run.stderr
-    );
+    assert_config_error(&run, "KEYGATE_KEY_OPS: clients.ops: duplicate key: the same key is clients.billing.keys[0]");
+    assert!(!run.stderr.contains("shared-key"), "the plain key is never printed: {}", run.stderr);
 }
 
 /// The `key:` and `hash:` lines of `keygen` output.
@@ -259,17 +222,10 @@ fn keygen_prints_key_hash_and_snippet_and_hash_agrees() {
     let run = keygate(&["keygen", "--client", "billing"], dir.path(), &[], b"");
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let (key, printed_hash) = key_and_hash(&run.stdout);
-    assert!(
-        uuid::Uuid::parse_str(&key).is_ok_and(|u| u.get_version_num() == 4),
-        "a UUIDv4 by default: {key}"
-    );
+    assert!(uuid::Uuid::parse_str(&key).is_ok_and(|u| u.get_version_num() == 4), "a UUIDv4 by default: {key}");
     assert_eq!(printed_hash, hash(&key));
     assert!(run.stdout.contains("[clients.billing]"), "{}", run.stdout);
-    assert!(
-        run.stdout.contains(&format!("hash = \"{printed_hash}\"")),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains(&format!("hash = \"{printed_hash}\"")), "{}", run.stdout);
     let hashed = keygate(&["hash"], dir.path(), &[], key.as_bytes());
     assert_eq!(hashed.code, Some(0), "{}", hashed.stderr);
     assert_eq!(hashed.stdout.trim(), printed_hash);
@@ -294,53 +250,30 @@ fn keygen_token_format() {
     let run = keygate(&["keygen", "--format", "token"], dir.path(), &[], b"");
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let (key, printed_hash) = key_and_hash(&run.stdout);
-    let body = key
-        .strip_prefix("kg_")
-        .unwrap_or_else(|| panic!("kg_ prefix: {key}"));
+    let body = key.strip_prefix("kg_").unwrap_or_else(|| panic!("kg_ prefix: {key}"));
     assert_eq!(body.len(), 49, "{key}");
-    assert!(
-        body.bytes().all(|b| b.is_ascii_alphanumeric()),
-        "base62: {key}"
-    );
+    assert!(body.bytes().all(|b| b.is_ascii_alphanumeric()), "base62: {key}");
     assert_eq!(printed_hash, hash(&key));
-    let other =
-        key_and_hash(&keygate(&["keygen", "--format", "token"], dir.path(), &[], b"").stdout).0;
+    let other = key_and_hash(&keygate(&["keygen", "--format", "token"], dir.path(), &[], b"").stdout).0;
     assert_ne!(other, key, "every key is new");
 }
 
 #[test]
 fn help_of_every_command_shows_an_example() {
     let dir = tempdir();
-    for command in [
-        &[][..],
-        &["serve"],
-        &["check"],
-        &["keygen"],
-        &["hash"],
-        &["demo"],
-        &["healthcheck"],
-    ] {
+    for command in [&[][..], &["serve"], &["check"], &["keygen"], &["hash"], &["demo"], &["healthcheck"]] {
         let mut args = command.to_vec();
         args.push("--help");
         let run = keygate(&args, dir.path(), &[], b"");
         assert_eq!(run.code, Some(0), "{args:?}: {}", run.stderr);
-        assert!(
-            run.stdout.contains("Example"),
-            "{args:?} --help shows no example:\n{}",
-            run.stdout
-        );
+        assert!(run.stdout.contains("Example"), "{args:?} --help shows no example:\n{}", run.stdout);
     }
 }
 
 #[test]
 fn usage_errors_exit_2() {
     let dir = tempdir();
-    for args in [
-        &["frobnicate"][..],
-        &["keygen", "--format", "nope"],
-        &["check", "--nope"],
-        &[],
-    ] {
+    for args in [&["frobnicate"][..], &["keygen", "--format", "nope"], &["check", "--nope"], &[]] {
         let run = keygate(args, dir.path(), &[], b"");
         assert_eq!(run.code, Some(2), "{args:?}: {}", run.stderr);
     }
@@ -354,30 +287,15 @@ fn keygen_add_to_keeps_comments_and_adds_the_hash() {
     let file = dir.path().join("keygate.toml");
     let clients = "[clients.billing] # the billing service\nroutes = [\"orders-read\"]\nkeys = [\n  # the current key\n  { hash = \"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\" },\n]\n";
     std::fs::write(&file, config(clients)).expect("write config");
-    let run = keygate(
-        &["keygen", "--client", "billing", "--add-to", "keygate.toml"],
-        dir.path(),
-        &[],
-        b"",
-    );
+    let run = keygate(&["keygen", "--client", "billing", "--add-to", "keygate.toml"], dir.path(), &[], b"");
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let (_, new_hash) = key_and_hash(&run.stdout);
     let text = std::fs::read_to_string(&file).expect("read config");
-    for comment in [
-        "# gateway in front of the orders service",
-        "# the billing service",
-        "# the current key",
-    ] {
+    for comment in ["# gateway in front of the orders service", "# the billing service", "# the current key"] {
         assert!(text.contains(comment), "{comment:?} lost:\n{text}");
     }
-    assert!(
-        text.contains("sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"),
-        "old key kept"
-    );
-    assert!(
-        text.contains(&format!("hash = \"{new_hash}\"")),
-        "new hash added:\n{text}"
-    );
+    assert!(text.contains("sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"), "old key kept");
+    assert!(text.contains(&format!("hash = \"{new_hash}\"")), "new hash added:\n{text}");
     let checked = keygate(&["check", "-c", "keygate.toml"], dir.path(), &[], b"");
     assert_eq!(checked.code, Some(0), "{}", checked.stderr);
     assert!(checked.stdout.contains("2 keys"), "{}", checked.stdout);

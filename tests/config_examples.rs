@@ -86,10 +86,8 @@ fn sidecar_env_example_passes_check() {
 fn readme_reference_names_every_schema_field() {
     let schema = std::fs::read_to_string(root().join("src/config/file.rs")).expect("file.rs");
     let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
-    let reference = readme
-        .split("## Configuration reference")
-        .nth(1)
-        .expect("README has a \"## Configuration reference\" section");
+    let reference =
+        readme.split("## Configuration reference").nth(1).expect("README has a \"## Configuration reference\" section");
     let reference = reference.split("\n## ").next().unwrap_or(reference);
     let missing: Vec<&str> = schema
         .lines()

@@ -73,12 +73,7 @@ fn pattern_bytes(n: usize) -> Vec<u8> {
     (0..n).map(pattern).collect()
 }
 
-fn request(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Request<Full<Bytes>> {
+fn request(method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Request<Full<Bytes>> {
     let mut b = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         b = b.header(*k, *v);
@@ -89,40 +84,13 @@ fn request(
 #[tokio::test]
 async fn key_is_stripped_from_header_authorization_and_query() {
     let up = Upstream::start().await;
-    let kg = Keygate::start(&gateway(
-        &[up.addr],
-        "",
-        "[auth]\nquery_param = \"api_key\"\n",
-    ))
-    .await;
-    assert_eq!(
-        get(&kg.url("/h"), &[("x-api-key", KEY), ("x_api_key", "copy")])
-            .await
-            .status,
-        200
-    );
+    let kg = Keygate::start(&gateway(&[up.addr], "", "[auth]\nquery_param = \"api_key\"\n")).await;
+    assert_eq!(get(&kg.url("/h"), &[("x-api-key", KEY), ("x_api_key", "copy")]).await.status, 200);
     let seen = up.last();
-    assert!(
-        values_any_spelling(&seen.headers, "x-api-key").is_empty(),
-        "{:?}",
-        seen.headers
-    );
-    assert_eq!(
-        get(
-            &kg.url("/a"),
-            &[("authorization", &format!("Bearer {KEY}"))]
-        )
-        .await
-        .status,
-        200
-    );
+    assert!(values_any_spelling(&seen.headers, "x-api-key").is_empty(), "{:?}", seen.headers);
+    assert_eq!(get(&kg.url("/a"), &[("authorization", &format!("Bearer {KEY}"))]).await.status, 200);
     assert!(up.last().headers.get("authorization").is_none());
-    assert_eq!(
-        get(&kg.url(&format!("/q?api_key={KEY}&keep=1")), &[])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(get(&kg.url(&format!("/q?api_key={KEY}&keep=1")), &[]).await.status, 200);
     assert_eq!(up.last().uri, "/q?keep=1");
     for r in up.requests() {
         let all = format!("{} {:?}", r.uri, r.headers);
@@ -135,22 +103,13 @@ async fn key_is_stripped_from_header_authorization_and_query() {
 async fn identity_header_is_set_and_spoofs_removed() {
     let up = Upstream::start().await;
     let kg = start(&up).await;
-    let spoofs = [
-        ("X-Client-Id", "evil1"),
-        ("x-client-id", "evil2"),
-        ("X_Client_Id", "evil3"),
-        ("x_client-id", "evil4"),
-    ];
+    let spoofs =
+        [("X-Client-Id", "evil1"), ("x-client-id", "evil2"), ("X_Client_Id", "evil3"), ("x_client-id", "evil4")];
     let mut headers = vec![("x-api-key", KEY)];
     headers.extend(spoofs);
     assert_eq!(get(&kg.url("/id"), &headers).await.status, 200);
     let seen = up.last();
-    assert_eq!(
-        values_any_spelling(&seen.headers, "x-client-id"),
-        ["billing"],
-        "{:?}",
-        seen.headers
-    );
+    assert_eq!(values_any_spelling(&seen.headers, "x-client-id"), ["billing"], "{:?}", seen.headers);
     kg.stop().await;
 }
 
@@ -163,10 +122,7 @@ async fn identity_spoofs_sent_raw_are_removed() {
     );
     let reply = raw(kg.addr, req.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert_eq!(
-        values_any_spelling(&up.last().headers, "x-client-id"),
-        ["billing"]
-    );
+    assert_eq!(values_any_spelling(&up.last().headers, "x-client-id"), ["billing"]);
     kg.stop().await;
 }
 
@@ -183,21 +139,11 @@ async fn connection_named_and_hop_by_hop_headers_are_removed() {
     let reply = raw(kg.addr, req.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     let seen = up.last().headers;
-    for gone in [
-        "x-foo",
-        "keep-alive",
-        "te",
-        "proxy-authorization",
-        "proxy-connection",
-        "upgrade",
-    ] {
+    for gone in ["x-foo", "keep-alive", "te", "proxy-authorization", "proxy-connection", "upgrade"] {
         assert!(seen.get(gone).is_none(), "{gone} was forwarded: {seen:?}");
     }
     let connection = header(&seen, "connection").unwrap_or("");
-    assert!(
-        !connection.contains("x-foo"),
-        "Connection was forwarded as sent: {connection}"
-    );
+    assert!(!connection.contains("x-foo"), "Connection was forwarded as sent: {connection}");
     assert_eq!(header(&seen, "x-kept"), Some("yes"));
     kg.stop().await;
 }
@@ -208,10 +154,7 @@ async fn connection_cannot_protect_the_key_or_remove_keygate_headers() {
     let kg = start(&up).await;
     let headers = [
         ("x-api-key", KEY),
-        (
-            "connection",
-            "x-api-key, x-client-id, x-forwarded-for, x-request-id",
-        ),
+        ("connection", "x-api-key, x-client-id, x-forwarded-for, x-request-id"),
         ("x-request-id", "rid-connection-1"),
     ];
     assert_eq!(get(&kg.url("/c"), &headers).await.status, 200);
@@ -237,16 +180,8 @@ async fn method_override_headers_are_removed() {
     assert_eq!(get(&kg.url("/m"), &headers).await.status, 200);
     let seen = up.last();
     assert_eq!(seen.method, "GET");
-    for name in [
-        "x-http-method-override",
-        "x-http-method",
-        "x-method-override",
-    ] {
-        assert!(
-            values_any_spelling(&seen.headers, name).is_empty(),
-            "{name}: {:?}",
-            seen.headers
-        );
+    for name in ["x-http-method-override", "x-http-method", "x-method-override"] {
+        assert!(values_any_spelling(&seen.headers, name).is_empty(), "{name}: {:?}", seen.headers);
     }
     kg.stop().await;
 }
@@ -269,14 +204,8 @@ async fn x_forwarded_headers_are_set_and_caller_copies_replaced() {
     let host = kg.addr.to_string();
     assert_eq!(values_any_spelling(&seen, "x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(values_any_spelling(&seen, "x-forwarded-proto"), ["http"]);
-    assert_eq!(
-        values_any_spelling(&seen, "x-forwarded-host"),
-        [host.as_str()]
-    );
-    assert!(
-        seen.get("forwarded").is_none() && seen.get("x-real-ip").is_none(),
-        "{seen:?}"
-    );
+    assert_eq!(values_any_spelling(&seen, "x-forwarded-host"), [host.as_str()]);
+    assert!(seen.get("forwarded").is_none() && seen.get("x-real-ip").is_none(), "{seen:?}");
     kg.stop().await;
 }
 
@@ -284,21 +213,10 @@ async fn x_forwarded_headers_are_set_and_caller_copies_replaced() {
 async fn request_id_is_kept_when_sent() {
     let up = Upstream::start().await;
     let kg = start(&up).await;
-    let r = get(
-        &kg.url("/r"),
-        &[("x-api-key", KEY), ("x-request-id", "caller-id-42")],
-    )
-    .await;
+    let r = get(&kg.url("/r"), &[("x-api-key", KEY), ("x-request-id", "caller-id-42")]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        header(&up.last().headers, "x-request-id"),
-        Some("caller-id-42")
-    );
-    assert_eq!(
-        r.header("x-request-id"),
-        Some("caller-id-42"),
-        "echoed to the caller"
-    );
+    assert_eq!(header(&up.last().headers, "x-request-id"), Some("caller-id-42"));
+    assert_eq!(r.header("x-request-id"), Some("caller-id-42"), "echoed to the caller");
     kg.stop().await;
 }
 
@@ -309,20 +227,10 @@ async fn request_id_is_generated_when_absent() {
     let first = get(&kg.url("/r"), &[("x-api-key", KEY)]).await;
     let forwarded = header(&up.last().headers, "x-request-id").map(str::to_string);
     let second = get(&kg.url("/r"), &[("x-api-key", KEY)]).await;
-    let id = first
-        .header("x-request-id")
-        .expect("a generated id on the response");
+    let id = first.header("x-request-id").expect("a generated id on the response");
     assert!(!id.is_empty());
-    assert_eq!(
-        forwarded.as_deref(),
-        Some(id),
-        "the upstream saw the id the caller got"
-    );
-    assert_ne!(
-        second.header("x-request-id"),
-        Some(id),
-        "each request gets its own id"
-    );
+    assert_eq!(forwarded.as_deref(), Some(id), "the upstream saw the id the caller got");
+    assert_ne!(second.header("x-request-id"), Some(id), "each request gets its own id");
     kg.stop().await;
 }
 
@@ -331,48 +239,20 @@ async fn method_path_query_headers_and_body_are_preserved() {
     let up = Upstream::start().await;
     let kg = start(&up).await;
     let body = "{\"amount\": 42, \"currency\": \"EUR\"}";
-    let headers = [
-        ("x-api-key", KEY),
-        ("content-type", "application/json"),
-        ("x-custom", "one"),
-        ("accept", "text/plain"),
-    ];
-    let r = send(request(
-        "PUT",
-        &kg.url("/orders/7/lines?b=2&a=1&a=3&e=%20x"),
-        &headers,
-        body,
-    ))
-    .await;
+    let headers =
+        [("x-api-key", KEY), ("content-type", "application/json"), ("x-custom", "one"), ("accept", "text/plain")];
+    let r = send(request("PUT", &kg.url("/orders/7/lines?b=2&a=1&a=3&e=%20x"), &headers, body)).await;
     assert_eq!(r.status, 200);
     let seen = up.last();
     assert_eq!(seen.method, "PUT");
     assert_eq!(seen.uri, "/orders/7/lines?b=2&a=1&a=3&e=%20x");
-    assert_eq!(
-        header(&seen.headers, "content-type"),
-        Some("application/json")
-    );
+    assert_eq!(header(&seen.headers, "content-type"), Some("application/json"));
     assert_eq!(header(&seen.headers, "x-custom"), Some("one"));
     assert_eq!(header(&seen.headers, "accept"), Some("text/plain"));
-    assert_eq!(
-        header(&seen.headers, "host"),
-        Some(kg.addr.to_string().as_str()),
-        "Host is kept"
-    );
-    assert_eq!(
-        (seen.body_len, seen.body_sha256.as_str()),
-        (body.len(), sha256_hex(body.as_bytes()).as_str())
-    );
-    assert_eq!(
-        r.header("x-upstream"),
-        Some("yes"),
-        "the upstream's response headers come back"
-    );
-    assert_eq!(
-        r.json()["body_len"],
-        body.len(),
-        "the upstream's body comes back"
-    );
+    assert_eq!(header(&seen.headers, "host"), Some(kg.addr.to_string().as_str()), "Host is kept");
+    assert_eq!((seen.body_len, seen.body_sha256.as_str()), (body.len(), sha256_hex(body.as_bytes()).as_str()));
+    assert_eq!(r.header("x-upstream"), Some("yes"), "the upstream's response headers come back");
+    assert_eq!(r.json()["body_len"], body.len(), "the upstream's body comes back");
     kg.stop().await;
 }
 
@@ -382,19 +262,10 @@ async fn five_mib_request_body_arrives_intact() {
     let kg = start(&up).await;
     let body = pattern_bytes(5 * 1024 * 1024);
     let expected = sha256_hex(&body);
-    let r = send(request(
-        "POST",
-        &kg.url("/upload"),
-        &[("x-api-key", KEY)],
-        body,
-    ))
-    .await;
+    let r = send(request("POST", &kg.url("/upload"), &[("x-api-key", KEY)], body)).await;
     assert_eq!(r.status, 200);
     let seen = up.last();
-    assert_eq!(
-        (seen.body_len, seen.body_sha256),
-        (5 * 1024 * 1024, expected)
-    );
+    assert_eq!((seen.body_len, seen.body_sha256), (5 * 1024 * 1024, expected));
     kg.stop().await;
 }
 
@@ -403,45 +274,24 @@ async fn twenty_mib_response_streams_intact() {
     let up = Upstream::start().await;
     let kg = start(&up).await;
     let n = 20 * 1024 * 1024;
-    let req = request(
-        "GET",
-        &kg.url(&format!("/big/{n}")),
-        &[("x-api-key", KEY)],
-        Bytes::new(),
-    );
-    let res = tokio::time::timeout(LIMIT, client().request(req))
-        .await
-        .expect("head in time")
-        .expect("response");
+    let req = request("GET", &kg.url(&format!("/big/{n}")), &[("x-api-key", KEY)], Bytes::new());
+    let res = tokio::time::timeout(LIMIT, client().request(req)).await.expect("head in time").expect("response");
     assert_eq!(res.status(), 200);
     let mut body = res.into_body();
     // The upstream holds back its last chunk until released: a proxy that
     // buffered the whole response would deliver nothing here.
-    let first = tokio::time::timeout(LIMIT, body.frame())
-        .await
-        .expect("first bytes before the upstream finished");
-    let first = first
-        .expect("a frame")
-        .expect("no error")
-        .into_data()
-        .expect("a data frame");
+    let first = tokio::time::timeout(LIMIT, body.frame()).await.expect("first bytes before the upstream finished");
+    let first = first.expect("a frame").expect("no error").into_data().expect("a data frame");
     assert!(!first.is_empty());
     // Stored as a permit if the upstream has not reached its last chunk yet:
     // back-pressure keeps it from getting there before the body is read.
     up.release.notify_one();
-    let rest = tokio::time::timeout(LIMIT, body.collect())
-        .await
-        .expect("the rest in time")
-        .expect("body")
-        .to_bytes();
+    let rest = tokio::time::timeout(LIMIT, body.collect()).await.expect("the rest in time").expect("body").to_bytes();
     let mut hasher = Sha256::new();
     hasher.update(&first);
     hasher.update(&rest);
     assert_eq!(first.len() + rest.len(), n);
-    assert_eq!(
-        hex::encode(hasher.finalize()),
-        sha256_hex(&pattern_bytes(n))
-    );
+    assert_eq!(hex::encode(hasher.finalize()), sha256_hex(&pattern_bytes(n)));
     kg.stop().await;
 }
 
@@ -449,20 +299,11 @@ async fn twenty_mib_response_streams_intact() {
 async fn head_is_forwarded_as_head() {
     let up = Upstream::start().await;
     let kg = start(&up).await;
-    let r = send(request(
-        "HEAD",
-        &kg.url("/h?x=1"),
-        &[("x-api-key", KEY)],
-        Bytes::new(),
-    ))
-    .await;
+    let r = send(request("HEAD", &kg.url("/h?x=1"), &[("x-api-key", KEY)], Bytes::new())).await;
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty());
     let seen = up.last();
-    assert_eq!(
-        (seen.method.as_str(), seen.uri.as_str()),
-        ("HEAD", "/h?x=1")
-    );
+    assert_eq!((seen.method.as_str(), seen.uri.as_str()), ("HEAD", "/h?x=1"));
     kg.stop().await;
 }
 
@@ -473,10 +314,7 @@ async fn upstream_hop_by_hop_response_headers_are_removed() {
     let r = get(&kg.url("/echo"), &[("x-api-key", KEY)]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-upstream"), Some("yes"));
-    assert!(
-        r.header("x-hop").is_none(),
-        "a header named by the upstream's Connection came back"
-    );
+    assert!(r.header("x-hop").is_none(), "a header named by the upstream's Connection came back");
     assert!(!r.header("connection").unwrap_or("").contains("x-hop"));
     kg.stop().await;
 }
@@ -502,10 +340,7 @@ async fn slow_upstream_is_504_gateway_timeout() {
     let r = get(&kg.url("/slow/2000"), &[("x-api-key", KEY)]).await;
     assert_eq!(r.status, 504);
     assert_eq!(r.json()["error"], "gateway_timeout");
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "answered at the timeout, not when the upstream finished"
-    );
+    assert!(started.elapsed() < Duration::from_millis(1500), "answered at the timeout, not when the upstream finished");
     kg.stop().await;
 }
 
@@ -513,27 +348,16 @@ async fn slow_upstream_is_504_gateway_timeout() {
 async fn websocket_echo_through_the_proxy() {
     let up = Upstream::start().await;
     let kg = start(&up).await;
-    let mut req = format!("ws://{}/ws", kg.addr)
-        .into_client_request()
-        .expect("ws request");
-    req.headers_mut()
-        .insert("x-api-key", KEY.parse().expect("value"));
-    let tcp = tokio::net::TcpStream::connect(kg.addr)
-        .await
-        .expect("connect");
+    let mut req = format!("ws://{}/ws", kg.addr).into_client_request().expect("ws request");
+    req.headers_mut().insert("x-api-key", KEY.parse().expect("value"));
+    let tcp = tokio::net::TcpStream::connect(kg.addr).await.expect("connect");
     let (mut ws, res) = tokio::time::timeout(LIMIT, tokio_tungstenite::client_async(req, tcp))
         .await
         .expect("handshake in time")
         .expect("handshake");
     assert_eq!(res.status(), 101);
-    ws.send(Message::text("hello through keygate"))
-        .await
-        .expect("send");
-    let echoed = tokio::time::timeout(LIMIT, ws.next())
-        .await
-        .expect("echo in time")
-        .expect("a message")
-        .expect("ok");
+    ws.send(Message::text("hello through keygate")).await.expect("send");
+    let echoed = tokio::time::timeout(LIMIT, ws.next()).await.expect("echo in time").expect("a message").expect("ok");
     assert_eq!(echoed, Message::text("hello through keygate"));
     let _ = ws.close(None).await;
     kg.stop().await;
@@ -543,15 +367,9 @@ async fn websocket_echo_through_the_proxy() {
 async fn websocket_upgrade_without_a_key_is_401() {
     let up = Upstream::start().await;
     let kg = start(&up).await;
-    let req = format!("ws://{}/ws", kg.addr)
-        .into_client_request()
-        .expect("ws request");
-    let tcp = tokio::net::TcpStream::connect(kg.addr)
-        .await
-        .expect("connect");
-    let result = tokio::time::timeout(LIMIT, tokio_tungstenite::client_async(req, tcp))
-        .await
-        .expect("answer in time");
+    let req = format!("ws://{}/ws", kg.addr).into_client_request().expect("ws request");
+    let tcp = tokio::net::TcpStream::connect(kg.addr).await.expect("connect");
+    let result = tokio::time::timeout(LIMIT, tokio_tungstenite::client_async(req, tcp)).await.expect("answer in time");
     match result {
         Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 401),
         Err(e) => panic!("expected an HTTP 401, got {e}"),
@@ -566,12 +384,7 @@ async fn round_robin_reaches_every_server() {
     let b = Upstream::start().await;
     let kg = Keygate::start(&gateway(&[a.addr, b.addr], "", "")).await;
     for i in 0..4 {
-        assert_eq!(
-            get(&kg.url(&format!("/rr/{i}")), &[("x-api-key", KEY)])
-                .await
-                .status,
-            200
-        );
+        assert_eq!(get(&kg.url(&format!("/rr/{i}")), &[("x-api-key", KEY)]).await.status, 200);
     }
     assert_eq!((a.count(), b.count()), (2, 2));
     kg.stop().await;
@@ -581,19 +394,9 @@ async fn round_robin_reaches_every_server() {
 async fn http2_client_reaches_an_http1_upstream() {
     let up = Upstream::start().await;
     let kg = start(&up).await;
-    let h2 = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
-    let req = request(
-        "GET",
-        &kg.url("/h2?x=1"),
-        &[("x-api-key", KEY)],
-        Bytes::new(),
-    );
-    let res = tokio::time::timeout(LIMIT, h2.request(req))
-        .await
-        .expect("in time")
-        .expect("response");
+    let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
+    let req = request("GET", &kg.url("/h2?x=1"), &[("x-api-key", KEY)], Bytes::new());
+    let res = tokio::time::timeout(LIMIT, h2.request(req)).await.expect("in time").expect("response");
     assert_eq!(res.version(), http::Version::HTTP_2);
     assert_eq!(res.status(), 200);
     let seen = up.last();
@@ -601,10 +404,7 @@ async fn http2_client_reaches_an_http1_upstream() {
     assert_eq!(seen.uri, "/h2?x=1", "forwarded over HTTP/1.1");
     let authority = kg.addr.to_string();
     assert_eq!(header(&seen.headers, "host"), Some(authority.as_str()));
-    assert_eq!(
-        header(&seen.headers, "x-forwarded-host"),
-        Some(authority.as_str())
-    );
+    assert_eq!(header(&seen.headers, "x-forwarded-host"), Some(authority.as_str()));
     assert_eq!(header(&seen.headers, "x-client-id"), Some("billing"));
     kg.stop().await;
 }

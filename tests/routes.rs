@@ -64,15 +64,9 @@ fn assert_error(r: &Reply, status: u16, code: &str) {
 
 /// A raw HTTP/1.1 GET of `target` with the key; returns the status code.
 async fn raw_get(kg: &Keygate, target: &str) -> (u16, String) {
-    let req = format!(
-        "GET {target} HTTP/1.1\r\nHost: test\r\nX-API-Key: {KEY}\r\nConnection: close\r\n\r\n"
-    );
+    let req = format!("GET {target} HTTP/1.1\r\nHost: test\r\nX-API-Key: {KEY}\r\nConnection: close\r\n\r\n");
     let reply = raw(kg.addr, req.as_bytes()).await;
-    let status = reply
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = reply.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, reply)
 }
 
@@ -101,23 +95,13 @@ async fn prefix_matches_only_at_a_segment_boundary() {
 
 #[tokio::test]
 async fn method_outside_the_route_list_is_404() {
-    let (one, _two, kg) = start(&route(
-        "orders",
-        "/orders",
-        "one",
-        "methods = [\"GET\", \"HEAD\"]",
-    ))
-    .await;
+    let (one, _two, kg) = start(&route("orders", "/orders", "one", "methods = [\"GET\", \"HEAD\"]")).await;
     let ok = get(&kg.url("/orders/1"), &[("x-api-key", KEY)]).await;
     assert_eq!(ok.status, 200);
-    let post = Request::post(kg.url("/orders/1"))
-        .header("x-api-key", KEY)
-        .body(Full::new(Bytes::from("{}")));
+    let post = Request::post(kg.url("/orders/1")).header("x-api-key", KEY).body(Full::new(Bytes::from("{}")));
     let r = send(post.expect("request")).await;
     assert_error(&r, 404, "no_route");
-    let delete = Request::delete(kg.url("/orders/1"))
-        .header("x-api-key", KEY)
-        .body(Full::new(Bytes::new()));
+    let delete = Request::delete(kg.url("/orders/1")).header("x-api-key", KEY).body(Full::new(Bytes::new()));
     assert_error(&send(delete.expect("request")).await, 404, "no_route");
     assert_eq!(one.count(), 1);
     kg.stop().await;
@@ -133,10 +117,7 @@ async fn client_not_allowed_on_the_route_is_403_forbidden() {
     assert_error(&r, 403, "forbidden");
     assert_eq!((one.count(), two.count()), (1, 0));
     let billing = get(&kg.url("/admin/users"), &[("x-api-key", KEY)]).await;
-    assert_eq!(
-        billing.status, 200,
-        "a client allowed on every route gets through"
-    );
+    assert_eq!(billing.status, 200, "a client allowed on every route gets through");
     kg.stop().await;
 }
 
@@ -144,70 +125,33 @@ async fn client_not_allowed_on_the_route_is_403_forbidden() {
 async fn longest_prefix_wins() {
     let routes = route("api", "/api", "one", "") + &route("api-v2", "/api/v2", "two", "");
     let (one, two, kg) = start(&routes).await;
-    assert_eq!(
-        get(&kg.url("/api/v2/users"), &[("x-api-key", KEY)])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(get(&kg.url("/api/v2/users"), &[("x-api-key", KEY)]).await.status, 200);
     assert_eq!((one.count(), two.count()), (0, 1));
     assert_eq!(two.last().uri, "/api/v2/users");
-    assert_eq!(
-        get(&kg.url("/api/v1/users"), &[("x-api-key", KEY)])
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        get(&kg.url("/api/v2x"), &[("x-api-key", KEY)]).await.status,
-        200
-    );
-    assert_eq!(
-        (one.count(), two.count()),
-        (2, 1),
-        "/api/v1 and /api/v2x belong to /api"
-    );
+    assert_eq!(get(&kg.url("/api/v1/users"), &[("x-api-key", KEY)]).await.status, 200);
+    assert_eq!(get(&kg.url("/api/v2x"), &[("x-api-key", KEY)]).await.status, 200);
+    assert_eq!((one.count(), two.count()), (2, 1), "/api/v1 and /api/v2x belong to /api");
     kg.stop().await;
 }
 
 #[tokio::test]
 async fn host_route_matches_on_host() {
-    let routes = route("default", "/", "one", "")
-        + &route("internal", "/", "two", "host = \"orders.internal\"");
+    let routes = route("default", "/", "one", "") + &route("internal", "/", "two", "host = \"orders.internal\"");
     let (one, two, kg) = start(&routes).await;
-    let r = get(
-        &kg.url("/x"),
-        &[("x-api-key", KEY), ("host", "Orders.Internal:8080")],
-    )
-    .await;
+    let r = get(&kg.url("/x"), &[("x-api-key", KEY), ("host", "Orders.Internal:8080")]).await;
     assert_eq!(r.status, 200);
     assert_eq!((one.count(), two.count()), (0, 1), "the host route took it");
-    assert_eq!(
-        two.last().headers.get("host").map(|v| v.as_bytes()),
-        Some(&b"Orders.Internal:8080"[..])
-    );
-    let other = get(
-        &kg.url("/x"),
-        &[("x-api-key", KEY), ("host", "other.internal")],
-    )
-    .await;
+    assert_eq!(two.last().headers.get("host").map(|v| v.as_bytes()), Some(&b"Orders.Internal:8080"[..]));
+    let other = get(&kg.url("/x"), &[("x-api-key", KEY), ("host", "other.internal")]).await;
     assert_eq!(other.status, 200);
-    assert_eq!(
-        (one.count(), two.count()),
-        (1, 1),
-        "another host falls back to the route without host"
-    );
+    assert_eq!((one.count(), two.count()), (1, 1), "another host falls back to the route without host");
     kg.stop().await;
 }
 
 #[tokio::test]
 async fn host_only_route_is_404_for_another_host() {
     let (one, _two, kg) = start(&route("internal", "/", "one", "host = \"orders.internal\"")).await;
-    let r = get(
-        &kg.url("/x"),
-        &[("x-api-key", KEY), ("host", "billing.internal")],
-    )
-    .await;
+    let r = get(&kg.url("/x"), &[("x-api-key", KEY), ("host", "billing.internal")]).await;
     assert_error(&r, 404, "no_route");
     assert_eq!(one.count(), 0);
     kg.stop().await;
@@ -216,22 +160,10 @@ async fn host_only_route_is_404_for_another_host() {
 #[tokio::test]
 async fn ambiguous_paths_are_400_bad_request() {
     let (one, _two, kg) = start(&route("all", "/", "one", "")).await;
-    for target in [
-        "/a%2Fb",
-        "/a%2fb",
-        "/a%5Cb",
-        "/a%5cb",
-        "/..",
-        "/a/../../b",
-        "/a/%2e%2e/%2E%2E/b",
-        "/a%00b",
-    ] {
+    for target in ["/a%2Fb", "/a%2fb", "/a%5Cb", "/a%5cb", "/..", "/a/../../b", "/a/%2e%2e/%2E%2E/b", "/a%00b"] {
         let (status, reply) = raw_get(&kg, target).await;
         assert_eq!(status, 400, "{target}: {reply}");
-        assert!(
-            reply.contains("\"error\":\"bad_request\""),
-            "{target}: {reply}"
-        );
+        assert!(reply.contains("\"error\":\"bad_request\""), "{target}: {reply}");
     }
     assert_eq!(one.count(), 0, "none of them reached the upstream");
     kg.stop().await;
@@ -244,11 +176,7 @@ async fn dot_segments_are_resolved_before_routing_and_forwarding() {
     let (status, reply) = raw_get(&kg, "/a/./b/../c?q=1").await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(two.count(), 1, "routed by the normalised path");
-    assert_eq!(
-        two.last().uri,
-        "/a/c?q=1",
-        "the routed path is the forwarded path"
-    );
+    assert_eq!(two.last().uri, "/a/c?q=1", "the routed path is the forwarded path");
     let (status, _) = raw_get(&kg, "//a//c/./d").await;
     assert_eq!(status, 200);
     assert_eq!(two.last().uri, "/a/c/d");
@@ -260,10 +188,12 @@ async fn dot_segments_are_resolved_before_routing_and_forwarding() {
 async fn dot_segments_cannot_escape_a_permission() {
     let routes = route("orders", "/orders", "one", "") + &route("admin", "/admin", "two", "");
     let (one, two, kg) = start_with(&routes, r#"["orders"]"#).await;
-    let req = format!("GET /orders/../admin/users HTTP/1.1\r\nHost: t\r\nX-API-Key: {OPS_KEY}\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("GET /orders/../admin/users HTTP/1.1\r\nHost: t\r\nX-API-Key: {OPS_KEY}\r\nConnection: close\r\n\r\n");
     let reply = raw(kg.addr, req.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
-    let encoded = format!("GET /%61dmin/users HTTP/1.1\r\nHost: t\r\nX-API-Key: {OPS_KEY}\r\nConnection: close\r\n\r\n");
+    let encoded =
+        format!("GET /%61dmin/users HTTP/1.1\r\nHost: t\r\nX-API-Key: {OPS_KEY}\r\nConnection: close\r\n\r\n");
     let reply = raw(kg.addr, encoded.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
     assert_eq!((one.count(), two.count()), (0, 0));

@@ -17,8 +17,7 @@ pub fn run(url: &str) -> u8 {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         return RUNTIME;
     };
-    let client = Client::builder(TokioExecutor::new())
-        .build_http::<Empty<bytes::Bytes>>();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
     let probe = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), client.get(uri)).await });
     match probe {
         Ok(Ok(r)) if r.status() == http::StatusCode::OK => OK,

@@ -10,11 +10,7 @@ use toml_edit::{Item, TableLike, Value};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// A position in a file: 1-based line and column.
-    File {
-        path: PathBuf,
-        line: usize,
-        col: usize,
-    },
+    File { path: PathBuf, line: usize, col: usize },
     /// An environment variable.
     Env(String),
     /// Nowhere in particular (e.g. a missing setting).
@@ -68,13 +64,7 @@ impl fmt::Display for ConfigError {
 impl ConfigError {
     /// An error with a single problem.
     pub fn single(origin: Origin, field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            problems: vec![Problem {
-                origin,
-                field: field.into(),
-                message: message.into(),
-            }],
-        }
+        ConfigError { problems: vec![Problem { origin, field: field.into(), message: message.into() }] }
     }
 }
 
@@ -89,11 +79,7 @@ impl Source<'_> {
     /// The origin of a byte span in this file.
     pub fn origin(&self, span: Range<usize>) -> Origin {
         let (line, col) = line_col(self.text, span.start);
-        Origin::File {
-            path: self.path.to_path_buf(),
-            line,
-            col,
-        }
+        Origin::File { path: self.path.to_path_buf(), line, col }
     }
 }
 
@@ -133,20 +119,15 @@ fn contains(span: Option<Range<usize>>, offset: usize) -> bool {
 fn in_table(table: &dyn TableLike, offset: usize, path: &str) -> Option<String> {
     table.iter().find_map(|(name, _)| {
         let (key, item) = table.get_key_value(name)?;
-        let here = if path.is_empty() {
-            name.to_string()
-        } else {
-            format!("{path}.{name}")
-        };
+        let here = if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
         if contains(key.span(), offset) {
             return Some(here);
         }
         match item {
             Item::Table(t) => in_header(t, offset, here),
-            Item::ArrayOfTables(a) => a
-                .iter()
-                .enumerate()
-                .find_map(|(i, t)| in_header(t, offset, format!("{here}[{i}]"))),
+            Item::ArrayOfTables(a) => {
+                a.iter().enumerate().find_map(|(i, t)| in_header(t, offset, format!("{here}[{i}]")))
+            }
             Item::Value(v) if contains(v.span(), offset) => Some(in_value(v, offset, here)),
             _ => None,
         }
@@ -179,10 +160,7 @@ fn guess_field_path(text: &str, offset: usize) -> String {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = text.get(line_start..).unwrap_or("");
     let line = line.lines().next().unwrap_or("");
-    let key = line
-        .split_once('=')
-        .map(|(k, _)| k.trim().trim_matches('"').to_string())
-        .unwrap_or_default();
+    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string()).unwrap_or_default();
     let table = table_header_before(before);
     match (table.is_empty(), key.is_empty()) {
         (true, _) => key,
@@ -236,23 +214,14 @@ mod tests {
     #[test]
     fn field_path_of_a_table_header() {
         let text = "[[routes]]\nname = \"a\"\n[[routes]]\nname = \"b\"\n[clients.x]\nkeys = []\n";
-        assert_eq!(
-            field_path_at(text, text.rfind("[[routes]]").unwrap_or(0)),
-            "routes[1]"
-        );
-        assert_eq!(
-            field_path_at(text, text.find("[clients").unwrap_or(0)),
-            "clients.x"
-        );
+        assert_eq!(field_path_at(text, text.rfind("[[routes]]").unwrap_or(0)), "routes[1]");
+        assert_eq!(field_path_at(text, text.find("[clients").unwrap_or(0)), "clients.x");
     }
 
     #[test]
     fn field_path_of_a_value() {
         let text = "[listen]\nmax_connections = \"ten\"\n";
-        assert_eq!(
-            field_path_at(text, text.find("\"ten").unwrap_or(0)),
-            "listen.max_connections"
-        );
+        assert_eq!(field_path_at(text, text.find("\"ten").unwrap_or(0)), "listen.max_connections");
     }
 
     #[test]

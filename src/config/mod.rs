@@ -24,9 +24,7 @@ pub type Env = BTreeMap<String, String>;
 
 /// The process environment, keeping only variables with Unicode names and values.
 pub fn process_env() -> Env {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect()
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
 }
 
 /// A validated configuration, ready to build a runtime snapshot from.
@@ -154,13 +152,8 @@ pub enum KeyOrigin {
 pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
     match path {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::single(
-                    Origin::None,
-                    "",
-                    format!("{}: cannot read: {e}", path.display()),
-                )
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::single(Origin::None, "", format!("{}: cannot read: {e}", path.display())))?;
             load_str(&text, path, env)
         }
         None => validate::validate(file::FileConfig::default(), None, env),

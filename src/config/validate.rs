@@ -36,20 +36,12 @@ impl<'a> Checker<'a> {
 
     /// Record a problem that has no position.
     pub(super) fn push(&mut self, origin: Origin, field: &str, message: impl Into<String>) {
-        self.problems.push(Problem {
-            origin,
-            field: field.to_string(),
-            message: message.into(),
-        });
+        self.problems.push(Problem { origin, field: field.to_string(), message: message.into() });
     }
 
     fn warn(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
         let origin = self.origin(span);
-        self.warnings.push(Problem {
-            origin,
-            field: field.to_string(),
-            message: message.into(),
-        });
+        self.warnings.push(Problem { origin, field: field.to_string(), message: message.into() });
     }
 
     /// A path in the file, relative to the file's folder.
@@ -70,29 +62,14 @@ pub(super) fn resolve_path(base: Option<&Path>, value: &str) -> PathBuf {
 
 const DEFAULT_ADDRESS: &str = "0.0.0.0:8443";
 
-pub(super) fn validate(
-    file: FileConfig,
-    src: Option<&Source<'_>>,
-    env_vars: &Env,
-) -> Result<Config, ConfigError> {
-    let mut c = Checker {
-        src,
-        problems: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let tls_overridden = ["KEYGATE_TLS_CERT", "KEYGATE_TLS_KEY"]
-        .iter()
-        .all(|k| env_vars.get(*k).is_some_and(|v| !v.is_empty()));
+pub(super) fn validate(file: FileConfig, src: Option<&Source<'_>>, env_vars: &Env) -> Result<Config, ConfigError> {
+    let mut c = Checker { src, problems: Vec::new(), warnings: Vec::new() };
+    let tls_overridden =
+        ["KEYGATE_TLS_CERT", "KEYGATE_TLS_KEY"].iter().all(|k| env_vars.get(*k).is_some_and(|v| !v.is_empty()));
     let listen = listen(&mut c, &file.listen, tls_overridden);
-    let admin = file
-        .admin
-        .as_ref()
-        .and_then(|a| socket_addr(&mut c, &a.address, "admin.address"));
+    let admin = file.admin.as_ref().and_then(|a| socket_addr(&mut c, &a.address, "admin.address"));
     let auth = auth(&mut c, &file.auth);
-    let default_rate = file
-        .rate_limit
-        .as_ref()
-        .map_or(Rate::DEFAULT, |r| rate(&mut c, r, "rate_limit"));
+    let default_rate = file.rate_limit.as_ref().map_or(Rate::DEFAULT, |r| rate(&mut c, r, "rate_limit"));
     let upstreams = upstreams(&mut c, &file.upstreams);
     let routes = routes(&mut c, &file.routes, &upstreams);
     let clients = clients(&mut c, &file.clients, &routes, default_rate, env_vars);
@@ -112,9 +89,7 @@ pub(super) fn validate(
     if c.problems.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigError {
-            problems: c.problems,
-        })
+        Err(ConfigError { problems: c.problems })
     }
 }
 
@@ -137,10 +112,7 @@ impl Listen {
 
 impl Rate {
     /// The rate of clients that set none, when `[rate_limit]` is absent.
-    pub const DEFAULT: Rate = Rate {
-        per_second: 50.0,
-        burst: 100,
-    };
+    pub const DEFAULT: Rate = Rate { per_second: 50.0, burst: 100 };
 }
 
 fn listen(c: &mut Checker<'_>, t: &file::ListenToml, tls_overridden: bool) -> Option<Listen> {
@@ -159,25 +131,16 @@ fn listen(c: &mut Checker<'_>, t: &file::ListenToml, tls_overridden: bool) -> Op
             true => c.file_path(tls.key.get_ref()),
             false => readable(c, &tls.key, "listen.tls.key"),
         },
-        client_ca: tls
-            .client_ca
-            .as_ref()
-            .map(|ca| readable(c, ca, "listen.tls.client_ca")),
+        client_ca: tls.client_ca.as_ref().map(|ca| readable(c, ca, "listen.tls.client_ca")),
     });
     Some(Listen {
         address,
         shutdown_grace: duration(c, &t.shutdown_grace, "listen.shutdown_grace", d.shutdown_grace),
-        header_read_timeout: duration(
-            c,
-            &t.header_read_timeout,
-            "listen.header_read_timeout",
-            d.header_read_timeout,
-        ),
+        header_read_timeout: duration(c, &t.header_read_timeout, "listen.header_read_timeout", d.header_read_timeout),
         body_timeout: duration(c, &t.body_timeout, "listen.body_timeout", d.body_timeout),
         idle_timeout: duration(c, &t.idle_timeout, "listen.idle_timeout", d.idle_timeout),
         max_connections: count(c, &t.max_connections, "listen.max_connections", d.max_connections),
-        max_header_bytes: count(c, &t.max_header_bytes, "listen.max_header_bytes", d.max_header_bytes)
-            .max(1024),
+        max_header_bytes: count(c, &t.max_header_bytes, "listen.max_header_bytes", d.max_header_bytes).max(1024),
         max_headers: count(c, &t.max_headers, "listen.max_headers", d.max_headers),
         max_concurrent_streams: count(
             c,
@@ -195,11 +158,7 @@ fn socket_addr(c: &mut Checker<'_>, v: &Str, field: &str) -> Option<SocketAddr> 
     match v.get_ref().parse() {
         Ok(a) => Some(a),
         Err(_) => {
-            c.error(
-                v.span(),
-                field,
-                format!("\"{}\" is not an address like 127.0.0.1:8443", v.get_ref()),
-            );
+            c.error(v.span(), field, format!("\"{}\" is not an address like 127.0.0.1:8443", v.get_ref()));
             None
         }
     }
@@ -277,21 +236,9 @@ fn auth(c: &mut Checker<'_>, t: &file::AuthToml) -> Auth {
         }
         (!v.is_empty() && ok).then(|| v.clone())
     });
-    let max_failures_per_minute = count(
-        c,
-        &t.max_failures_per_minute,
-        "auth.max_failures_per_minute",
-        20,
-    )
-    .try_into()
-    .unwrap_or(u32::MAX);
-    Auth {
-        header,
-        schemes,
-        query_param,
-        identity_header,
-        max_failures_per_minute,
-    }
+    let max_failures_per_minute =
+        count(c, &t.max_failures_per_minute, "auth.max_failures_per_minute", 20).try_into().unwrap_or(u32::MAX);
+    Auth { header, schemes, query_param, identity_header, max_failures_per_minute }
 }
 
 fn scheme(c: &mut Checker<'_>, s: &Str) -> Option<String> {
@@ -328,12 +275,8 @@ fn upstreams(c: &mut Checker<'_>, t: &BTreeMap<String, file::UpstreamToml>) -> V
             if u.servers.get_ref().is_empty() {
                 c.error(u.servers.span(), &format!("{field}.servers"), "lists no server");
             }
-            let servers = u
-                .servers
-                .get_ref()
-                .iter()
-                .filter_map(|s| server_url(c, s, &format!("{field}.servers")))
-                .collect();
+            let servers =
+                u.servers.get_ref().iter().filter_map(|s| server_url(c, s, &format!("{field}.servers"))).collect();
             let timeout = |c: &mut Checker<'_>, v: &Option<Str>, f: &str, d| {
                 duration(c, v, &format!("{field}.{f}"), Duration::from_secs(d))
             };
@@ -342,11 +285,7 @@ fn upstreams(c: &mut Checker<'_>, t: &BTreeMap<String, file::UpstreamToml>) -> V
                 servers,
                 connect_timeout: timeout(c, &u.connect_timeout, "connect_timeout", 2),
                 request_timeout: timeout(c, &u.request_timeout, "request_timeout", 30),
-                ca: u
-                    .tls
-                    .as_ref()
-                    .and_then(|t| t.ca.as_ref())
-                    .map(|ca| readable(c, ca, &format!("{field}.tls.ca"))),
+                ca: u.tls.as_ref().and_then(|t| t.ca.as_ref()).map(|ca| readable(c, ca, &format!("{field}.tls.ca"))),
             }
         })
         .collect()
@@ -474,13 +413,22 @@ fn clients(
         .map(|(id, cl)| {
             let field = format!("clients.{id}");
             if !keys::valid_client_id(id) {
-                c.error(cl.routes.span(), &field, format!("client id \"{id}\" may only hold letters, digits, '-', '_' and '.'"));
+                c.error(
+                    cl.routes.span(),
+                    &field,
+                    format!("client id \"{id}\" may only hold letters, digits, '-', '_' and '.'"),
+                );
             }
             Client {
                 id: id.clone(),
                 allowed: allowed(c, &cl.routes, routes, &field),
                 rate: cl.rate_limit.as_ref().map_or(default_rate, |r| rate(c, r, &format!("{field}.rate_limit"))),
-                keys: cl.keys.iter().enumerate().filter_map(|(i, k)| key(c, k, &format!("{field}.keys[{i}]"), env_vars)).collect(),
+                keys: cl
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, k)| key(c, k, &format!("{field}.keys[{i}]"), env_vars))
+                    .collect(),
                 tls_subjects: cl.tls_subjects.iter().flatten().map(|s| s.get_ref().clone()).collect(),
             }
         })
@@ -513,11 +461,17 @@ fn allowed(c: &mut Checker<'_>, list: &Spanned<Vec<Str>>, routes: &[Route], fiel
 
 fn key(c: &mut Checker<'_>, k: &file::KeyToml, field: &str, env_vars: &Env) -> Option<Key> {
     let digest = match (&k.hash, &k.env) {
-        (Some(h), None) => keys::parse_hash(h.get_ref()).map_err(|e| c.error(h.span(), &format!("{field}.hash"), e)).ok(),
+        (Some(h), None) => {
+            keys::parse_hash(h.get_ref()).map_err(|e| c.error(h.span(), &format!("{field}.hash"), e)).ok()
+        }
         (None, Some(var)) => match env_vars.get(var.get_ref()).filter(|v| !v.is_empty()) {
             Some(plain) => Some(keys::digest(plain.as_bytes())),
             None => {
-                c.error(var.span(), &format!("{field}.env"), format!("environment variable {} is not set", var.get_ref()));
+                c.error(
+                    var.span(),
+                    &format!("{field}.env"),
+                    format!("environment variable {} is not set", var.get_ref()),
+                );
                 None
             }
         },
@@ -567,10 +521,18 @@ fn final_checks(c: &mut Checker<'_>, config: &Config) {
     duplicate_digests(c, config);
     for client in &config.clients {
         if !client.tls_subjects.is_empty() && config.listen.tls.as_ref().and_then(|t| t.client_ca.as_ref()).is_none() {
-            c.push(Origin::None, &format!("clients.{}.tls_subjects", client.id), "needs listen.tls.client_ca: subjects come from verified client certificates");
+            c.push(
+                Origin::None,
+                &format!("clients.{}.tls_subjects", client.id),
+                "needs listen.tls.client_ca: subjects come from verified client certificates",
+            );
         }
         if client.keys.is_empty() && c.problems.is_empty() {
-            c.warnings.push(Problem { origin: Origin::None, field: format!("clients.{}.keys", client.id), message: "this client has no key and cannot call anything".into() });
+            c.warnings.push(Problem {
+                origin: Origin::None,
+                field: format!("clients.{}.keys", client.id),
+                message: "this client has no key and cannot call anything".into(),
+            });
         }
     }
 }

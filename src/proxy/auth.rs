@@ -25,11 +25,7 @@ pub struct Presented<'a> {
 
 /// Find the key: the key header, else `Authorization: <scheme> <key>`, else the
 /// query parameter when one is configured. Two values in one place are refused.
-pub fn extract<'a>(
-    headers: &'a HeaderMap,
-    query: Option<&'a str>,
-    auth: &Auth,
-) -> Result<Presented<'a>, Reject> {
+pub fn extract<'a>(headers: &'a HeaderMap, query: Option<&'a str>, auth: &Auth) -> Result<Presented<'a>, Reject> {
     let mut values = headers.get_all(&auth.header).iter();
     if let Some(v) = values.next() {
         if values.next().is_some() {
@@ -50,10 +46,7 @@ pub fn extract<'a>(
             };
             return match key.is_empty() {
                 true => Err(Reject::MissingKey),
-                false => Ok(Presented {
-                    key,
-                    source: KeySource::Query,
-                }),
+                false => Ok(Presented { key, source: KeySource::Query }),
             };
         }
     }
@@ -64,17 +57,11 @@ fn non_empty(key: &[u8], source: KeySource) -> Result<Presented<'_>, Reject> {
     if key.is_empty() {
         return Err(Reject::MissingKey);
     }
-    Ok(Presented {
-        key: Cow::Borrowed(key),
-        source,
-    })
+    Ok(Presented { key: Cow::Borrowed(key), source })
 }
 
 /// The key in `Authorization` when its scheme is an accepted one.
-fn from_authorization<'a>(
-    headers: &'a HeaderMap,
-    schemes: &[String],
-) -> Result<Option<&'a [u8]>, Reject> {
+fn from_authorization<'a>(headers: &'a HeaderMap, schemes: &[String]) -> Result<Option<&'a [u8]>, Reject> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -82,9 +69,7 @@ fn from_authorization<'a>(
     let bytes = value.as_bytes();
     let split = bytes.iter().position(|b| *b == b' ').unwrap_or(bytes.len());
     let (scheme, rest) = bytes.split_at(split);
-    let accepted = schemes
-        .iter()
-        .any(|s| s.as_bytes().eq_ignore_ascii_case(scheme));
+    let accepted = schemes.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(scheme));
     if !accepted {
         return Ok(None);
     }
@@ -113,10 +98,7 @@ fn param_name(pair: &str) -> &str {
 
 /// `query` without any `name=` parameter; `None` when nothing remains.
 pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| param_name(pair) != name)
-        .collect();
+    let kept: Vec<&str> = query.split('&').filter(|pair| param_name(pair) != name).collect();
     let joined = kept.join("&");
     (!joined.is_empty()).then_some(joined)
 }
@@ -145,9 +127,7 @@ fn percent_decode(v: &str) -> Cow<'_, str> {
 }
 
 fn hex_val(b: u8) -> Option<u8> {
-    char::from(b)
-        .to_digit(16)
-        .and_then(|d| u8::try_from(d).ok())
+    char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
 }
 
 /// Look a presented key up: unknown, corrupt, expired and not-yet-valid keys
@@ -196,10 +176,7 @@ mod tests {
     fn bearer_any_case() {
         let h = headers(&[("authorization", "bEaReR  k2 ")]);
         let p = extract(&h, None, &auth(None)).unwrap();
-        assert_eq!(
-            (p.key.as_ref(), p.source),
-            (&b"k2"[..], KeySource::Authorization)
-        );
+        assert_eq!((p.key.as_ref(), p.source), (&b"k2"[..], KeySource::Authorization));
     }
 
     #[test]
@@ -211,10 +188,7 @@ mod tests {
     #[test]
     fn query_only_when_enabled() {
         let h = HeaderMap::new();
-        assert_eq!(
-            extract(&h, Some("api_key=k3"), &auth(None)),
-            Err(Reject::MissingKey)
-        );
+        assert_eq!(extract(&h, Some("api_key=k3"), &auth(None)), Err(Reject::MissingKey));
         let p = extract(&h, Some("a=1&api_key=k%33"), &auth(Some("api_key"))).unwrap();
         assert_eq!((p.key.as_ref(), p.source), (&b"k3"[..], KeySource::Query));
     }
@@ -240,14 +214,8 @@ mod tests {
 
     #[test]
     fn strip_keeps_other_params() {
-        assert_eq!(
-            strip_query_param("a=1&api_key=x&b=2", "api_key").as_deref(),
-            Some("a=1&b=2")
-        );
+        assert_eq!(strip_query_param("a=1&api_key=x&b=2", "api_key").as_deref(), Some("a=1&b=2"));
         assert_eq!(strip_query_param("api_key=x", "api_key"), None);
-        assert_eq!(
-            strip_query_param("api_key=x&api_key=y&c", "api_key").as_deref(),
-            Some("c")
-        );
+        assert_eq!(strip_query_param("api_key=x&api_key=y&c", "api_key").as_deref(), Some("c"));
     }
 }

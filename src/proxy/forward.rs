@@ -54,10 +54,7 @@ pub fn upstream_uri(path_and_query: PathAndQuery) -> Uri {
 /// Whether the request asks for a WebSocket upgrade.
 pub fn wants_websocket(parts: &Parts) -> bool {
     parts.version == Version::HTTP_11
-        && parts
-            .headers
-            .get(header::UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && parts.headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
         && parts
             .headers
             .get_all(header::CONNECTION)

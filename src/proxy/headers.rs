@@ -8,14 +8,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers removed because they describe one connection, not the message.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"];
 
 /// Headers that would let a caller change the method the upstream sees.
 const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
@@ -48,11 +41,7 @@ pub fn dashed_eq(name: &str, target: &str) -> bool {
 
 /// `name` starts with `prefix` once `_` is read as `-`.
 pub fn dashed_prefix(name: &str, prefix: &str) -> bool {
-    name.len() >= prefix.len()
-        && name
-            .bytes()
-            .zip(prefix.bytes())
-            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(a, b)| a == b || (a == b'_' && b == b'-'))
 }
 
 /// The headers that carry or describe the caller's identity in this config.
@@ -64,7 +53,7 @@ pub struct Owned<'a> {
 
 /// Whether `name` must never be passed on from a caller.
 fn must_strip(name: &str, owned: &Owned<'_>) -> bool {
-    HOP_BY_HOP.contains(&name)
+    HOP_BY_HOP.iter().any(|h| dashed_eq(name, h))
         || METHOD_OVERRIDES.iter().any(|m| dashed_eq(name, m))
         || SPOOFABLE.iter().any(|m| dashed_eq(name, m))
         || dashed_prefix(name, "proxy-")
@@ -98,11 +87,7 @@ pub fn sanitize_request(headers: &mut HeaderMap, owned: &Owned<'_>, key_in_autho
     if key_in_authorization {
         headers.remove(header::AUTHORIZATION);
     }
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| must_strip(name.as_str(), owned))
-        .cloned()
-        .collect();
+    let doomed: Vec<HeaderName> = headers.keys().filter(|name| must_strip(name.as_str(), owned)).cloned().collect();
     for name in doomed {
         headers.remove(name);
     }
@@ -122,10 +107,7 @@ pub struct Forwarded<'a> {
 pub fn set_forwarded(headers: &mut HeaderMap, owned: &Owned<'_>, f: Forwarded<'_>) {
     headers.insert(owned.identity_header.clone(), f.client_id.clone());
     headers.insert(HeaderName::from_static("x-forwarded-for"), f.remote_ip);
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(f.proto),
-    );
+    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(f.proto));
     if let Some(host) = f.host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
@@ -135,9 +117,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, owned: &Owned<'_>, f: Forwarded<'_
 /// A caller's request id is kept only if it is short and printable.
 pub fn acceptable_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=@".contains(c))
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=@".contains(c))
 }
 
 #[cfg(test)]
@@ -188,7 +168,17 @@ mod tests {
     #[test]
     fn strips_connection_named_and_hop_by_hop() {
         let h = sanitized(
-            &[("connection", "x-secret, keep-alive"), ("connection", "x-other"), ("x-secret", "1"), ("x-other", "2"), ("te", "trailers"), ("proxy-authorization", "p"), ("keep-alive", "5"), ("upgrade", "h2c"), ("x-kept", "3")],
+            &[
+                ("connection", "x-secret, keep-alive"),
+                ("connection", "x-other"),
+                ("x-secret", "1"),
+                ("x-other", "2"),
+                ("te", "trailers"),
+                ("proxy-authorization", "p"),
+                ("keep-alive", "5"),
+                ("upgrade", "h2c"),
+                ("x-kept", "3"),
+            ],
             false,
         );
         assert_eq!(h.len(), 1);
@@ -202,8 +192,18 @@ mod tests {
     }
 
     #[test]
+    fn strips_hop_by_hop_spelled_with_underscores() {
+        // CGI-style upstreams read `transfer_encoding` as Transfer-Encoding.
+        let h = sanitized(&[("transfer_encoding", "chunked"), ("keep_alive", "1"), ("x-kept", "1")], false);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
     fn strips_method_overrides() {
-        let h = sanitized(&[("x-http-method-override", "DELETE"), ("x-http-method", "PUT"), ("x_method_override", "PUT")], false);
+        let h = sanitized(
+            &[("x-http-method-override", "DELETE"), ("x-http-method", "PUT"), ("x_method_override", "PUT")],
+            false,
+        );
         assert!(h.is_empty());
     }
 
@@ -214,7 +214,17 @@ mod tests {
         let mut h = sanitized(&[("connection", "x-client-id, x-forwarded-for, x-request-id")], false);
         let id = HeaderValue::from_static("billing");
         let rid = HeaderValue::from_static("r1");
-        set_forwarded(&mut h, &owned, Forwarded { client_id: &id, remote_ip: HeaderValue::from_static("127.0.0.1"), proto: "http", host: None, request_id: &rid });
+        set_forwarded(
+            &mut h,
+            &owned,
+            Forwarded {
+                client_id: &id,
+                remote_ip: HeaderValue::from_static("127.0.0.1"),
+                proto: "http",
+                host: None,
+                request_id: &rid,
+            },
+        );
         assert_eq!(h.get("x-client-id").unwrap(), "billing");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.1");
         assert_eq!(h.get("x-request-id").unwrap(), "r1");

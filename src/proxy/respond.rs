@@ -24,7 +24,12 @@ pub fn error_json(reject: Reject, request_id: &HeaderValue) -> String {
 }
 
 /// The response for a rejected request.
-pub fn reject(reject: Reject, request_id: &HeaderValue, limit: Option<&Decision>, auth: &Auth) -> Response<ResponseBody> {
+pub fn reject(
+    reject: Reject,
+    request_id: &HeaderValue,
+    limit: Option<&Decision>,
+    auth: &Auth,
+) -> Response<ResponseBody> {
     let (status, _, _) = reject.parts();
     let mut response = Response::new(ResponseBody::full(error_json(reject, request_id)));
     *response.status_mut() = status;

@@ -43,11 +43,8 @@ impl Upstream {
             }
             false => None,
         };
-        let servers = config
-            .servers
-            .iter()
-            .filter_map(|uri| server(uri, connector.as_ref(), config.connect_timeout))
-            .collect();
+        let servers =
+            config.servers.iter().filter_map(|uri| server(uri, connector.as_ref(), config.connect_timeout)).collect();
         Ok(Upstream {
             name: Arc::from(config.name.as_str()),
             servers,

@@ -192,3 +192,9 @@ async fn chunked_body_is_reframed_for_the_upstream() {
     assert_eq!(up.last().body_len, 5);
     kg.stop().await;
 }
+
+#[tokio::test]
+async fn http11_request_without_host() {
+    let probe = format!("GET /public/probe HTTP/1.1\r\nX-Api-Key: {KEY}\r\n\r\n{SMUGGLED}");
+    assert_refused(probe.as_bytes(), true).await;
+}
