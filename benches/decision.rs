@@ -12,7 +12,8 @@ use keygate::state::Snapshot;
 
 /// A config with `keys` keys over 100 clients and `routes` routes.
 fn config_text(keys: usize, routes: usize) -> String {
-    let mut s = String::from("[listen]\naddress = \"127.0.0.1:0\"\n[rate_limit]\nper_second = 1e9\nburst = 1000000000\n");
+    let mut s =
+        String::from("[listen]\naddress = \"127.0.0.1:0\"\n[rate_limit]\nper_second = 1e9\nburst = 1000000000\n");
     s += "[upstreams.main]\nservers = [\"http://127.0.0.1:9\"]\n";
     for r in 0..routes {
         s += &format!("[[routes]]\nname = \"r{r}\"\npath = \"/svc{r}/items\"\nupstream = \"main\"\n");
@@ -21,7 +22,10 @@ fn config_text(keys: usize, routes: usize) -> String {
     for c in 0..clients {
         s += &format!("[clients.c{c}]\nroutes = [\"*\"]\nkeys = [\n");
         for k in (c..keys).step_by(clients) {
-            s += &format!("  {{ hash = \"{}\" }},\n", keygate::keys::format_hash(&keygate::keys::digest(key(k).as_bytes())));
+            s += &format!(
+                "  {{ hash = \"{}\" }},\n",
+                keygate::keys::format_hash(&keygate::keys::digest(key(k).as_bytes()))
+            );
         }
         s += "]\n";
     }
