@@ -131,19 +131,21 @@ async def _idle(args):
     pids = [int(p) for p in args.pids.split(",")]
     sem = asyncio.Semaphore(args.concurrency)
     conns = []
+    t0 = time.monotonic()
     results = await asyncio.gather(
         *(_open_one(args.port, ctx, request, sem, conns)
           for _ in range(args.count)),
         return_exceptions=True)
     failures = [r for r in results if isinstance(r, BaseException)]
+    open_s = time.monotonic() - t0
     await asyncio.sleep(args.settle)
     rss = rss_kib(pids)
     # A connection the server has closed meanwhile shows EOF on its reader.
     still_open = sum(1 for r, _ in conns if not r.at_eof())
     for _, w in conns:
         w.close()
-    print("opened=%d open=%d failed=%d rss_kib=%d"
-          % (len(conns), still_open, len(failures), rss))
+    print("opened=%d open=%d failed=%d rss_kib=%d open_s=%.1f"
+          % (len(conns), still_open, len(failures), rss, open_s))
     if failures:
         print("first failure: %r" % (failures[0],), file=sys.stderr)
 
