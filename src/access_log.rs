@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use http::{HeaderValue, Method};
 
-use crate::metrics::{KeyLabels, Metrics, Name, RequestLabels};
+use crate::metrics::{Metrics, Name, RequestLabels};
 
 /// Everything known about one request, finished by [`Record::finish`].
 #[derive(Debug)]
@@ -35,6 +35,12 @@ fn name(n: &Option<Name>) -> &str {
     n.as_ref().map_or(NONE, |n| &n.0)
 }
 
+/// Whether access-log events are wanted: when not, the request path skips
+/// building what only the log line needs.
+pub fn enabled() -> bool {
+    tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
+}
+
 impl Record {
     /// Log the request and count it.
     pub fn finish(self: Box<Self>) {
@@ -59,7 +65,7 @@ impl Record {
 
     fn count(&self, seconds: f64) {
         let m = &self.metrics;
-        let none = || Name::new(NONE);
+        let none = || m.none.clone();
         m.requests
             .get_or_create(&RequestLabels {
                 client: self.client.clone().unwrap_or_else(none),
@@ -68,9 +74,5 @@ impl Record {
             })
             .inc();
         m.duration.observe(seconds);
-        if let (Some(client), Some(key)) = (&self.client, &self.key) {
-            let labels = KeyLabels { client: client.clone(), key: key.clone() };
-            m.key_last_used.get_or_create(&labels).set(crate::keys::unix_now());
-        }
     }
 }

@@ -71,6 +71,8 @@ pub struct ResultLabels {
 /// Every metric keygate exports.
 pub struct Metrics {
     pub registry: Registry,
+    /// The label value for "none" (`-`), made once.
+    pub none: Name,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Histogram,
     pub rate_limited: Family<ClientLabels, Counter>,
@@ -110,6 +112,7 @@ impl Metrics {
             key_last_used: Family::default(),
             start_time: Gauge::default(),
             registry: Registry::default(),
+            none: Name::new("-"),
         };
         registry.register("requests", "Requests by client, route and status", m.requests.clone());
         registry.register(

@@ -34,9 +34,19 @@ use rate_limit::Decision;
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
+    /// The remote address as the `X-Forwarded-For` value, made once per connection.
+    pub remote_ip: HeaderValue,
     pub tls: bool,
     /// Subject of the verified client certificate (mTLS).
     pub subject: Option<Vec<(String, String)>>,
+}
+
+impl ConnInfo {
+    /// What the handler needs to know about a new connection.
+    pub fn new(remote: SocketAddr, tls: bool, subject: Option<Vec<(String, String)>>) -> ConnInfo {
+        let remote_ip = HeaderValue::from_str(&remote.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        ConnInfo { remote, remote_ip, tls, subject }
+    }
 }
 
 /// Handle one request: forward it, or answer with a JSON error.
@@ -101,14 +111,18 @@ async fn run(
     framing::check(&parts.headers).map_err(plain)?;
     let host = request_host(&parts).map_err(plain)?;
     let path = path::normalize(parts.uri.path()).map_err(|_| plain(Reject::BadRequest))?;
-    // The query may hold the key until it is known where the key came from.
-    record.target = path.to_string();
+    let logging = crate::access_log::enabled();
+    if logging {
+        // The query may hold the key until it is known where the key came from.
+        record.target = path.to_string();
+    }
     let auth = &snap.config.auth;
     if let Some(retry_after) = shared.throttle.blocked(conn.remote.ip(), auth.max_failures_per_minute) {
         count_failure(shared, "too_many_failures");
         return Err(plain(Reject::TooManyFailures { retry_after }));
     }
-    let (entry, source) = authenticate(&parts, snap, conn).map_err(|r| {
+    let now = crate::keys::unix_now();
+    let (entry, source) = authenticate(&parts, snap, conn, now).map_err(|r| {
         shared.throttle.record_failure(conn.remote.ip(), auth.max_failures_per_minute);
         count_failure(shared, r.code());
         plain(r)
@@ -116,8 +130,13 @@ async fn run(
     let client = snap.clients.get(entry.client as usize).ok_or(plain(Reject::InvalidKey))?;
     record.client = Some(client.id.clone());
     record.key = snap.key_names.get(entry.index as usize).cloned();
+    if let Some(gauge) = snap.key_last_used.get().and_then(|g| g.get(entry.index as usize)) {
+        gauge.set(now);
+    }
     let query = forwarded_query(parts.uri.query(), auth.query_param.as_deref());
-    record.target = target_for_log(&path, query.as_deref());
+    if logging {
+        record.target = target_for_log(&path, query.as_deref());
+    }
     let host_lower = host.as_ref().map(|h| lower_host(h));
     let route_index = snap.router.find(&path, &parts.method, host_lower.as_deref()).ok_or(plain(Reject::NoRoute))?;
     record.route = snap.route_names.get(route_index).cloned();
@@ -156,9 +175,14 @@ fn count_failure(shared: &Shared, reason: &'static str) {
     shared.metrics.auth_failures.get_or_create(&crate::metrics::ReasonLabels { reason }).inc();
 }
 
-fn authenticate(parts: &Parts, snap: &Snapshot, conn: &ConnInfo) -> Result<(crate::keys::KeyEntry, KeySource), Reject> {
+fn authenticate(
+    parts: &Parts,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    now: i64,
+) -> Result<(crate::keys::KeyEntry, KeySource), Reject> {
     let presented = auth::extract(&parts.headers, parts.uri.query(), &snap.config.auth)?;
-    let entry = auth::identify(&snap.keys, &presented.key, crate::keys::unix_now())?;
+    let entry = auth::identify(&snap.keys, &presented.key, now)?;
     let client = snap.clients.get(entry.client as usize).ok_or(Reject::InvalidKey)?;
     if !subject_allowed(client, conn) {
         return Err(Reject::InvalidKey);
@@ -255,10 +279,9 @@ fn prepare_headers(
     let auth = &snap.config.auth;
     let owned = headers::Owned { key_header: &auth.header, identity_header: &auth.identity_header };
     headers::sanitize_request(&mut parts.headers, &owned, source == KeySource::Authorization);
-    let remote_ip = HeaderValue::from_str(&conn.remote.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
     let forwarded = headers::Forwarded {
         client_id: &client.header_value,
-        remote_ip,
+        remote_ip: conn.remote_ip.clone(),
         proto: if conn.tls { "https" } else { "http" },
         host,
         request_id,

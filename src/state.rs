@@ -1,11 +1,12 @@
 //! The runtime snapshot: everything a request needs, built once per
 //! configuration and swapped atomically on reload.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
 
 use crate::config::{Allowed, Config, Rate};
@@ -50,6 +51,9 @@ pub struct Snapshot {
     /// Route names, by route index.
     pub route_names: Vec<Name>,
     pub tls: Option<Arc<ServerConfig>>,
+    /// Each key's last-used gauge, by [`KeyEntry::index`], set once published:
+    /// the request path updates it without a label lookup.
+    pub key_last_used: OnceLock<Vec<Gauge<i64, AtomicI64>>>,
 }
 
 impl Snapshot {
@@ -94,6 +98,7 @@ impl Snapshot {
             upstreams,
             tls,
             config,
+            key_last_used: OnceLock::new(),
         })
     }
 
@@ -101,12 +106,15 @@ impl Snapshot {
     /// and a last-used time of 0 for keys not used yet (so unused keys show).
     pub fn publish_key_metrics(&self, metrics: &Metrics) {
         metrics.key_expiry.clear();
+        let mut gauges = Vec::with_capacity(self.key_names.len());
         for (labels, expires) in self.key_labels() {
             if let Some(expires) = expires {
                 metrics.key_expiry.get_or_create(&labels).set(expires);
             }
-            let _created = metrics.key_last_used.get_or_create(&labels);
+            gauges.push(metrics.key_last_used.get_or_create(&labels).clone());
         }
+        // A snapshot publishes once; a second call keeps the first handles.
+        let _ = self.key_last_used.set(gauges);
     }
 
     /// Each key's client and fingerprint, with its expiry.

@@ -17,9 +17,15 @@ pub const RUNTIME: u8 = 1;
 /// Exit code: bad usage or configuration.
 pub const USAGE: u8 = 2;
 
-/// A multi-threaded runtime for the commands that need one.
+/// The runtime: multi-threaded, or single-threaded when the process may use
+/// only one CPU (e.g. pinned with `taskset` or a one-CPU container), where
+/// the work-stealing machinery only costs time.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    match cpus {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    }
 }
 
 /// A configuration loaded as `serve` loads it, with its path and environment.

@@ -65,13 +65,13 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, wat
     let listen = &snap.config.listen;
     match snap.tls.clone() {
         None => {
-            let info = ConnInfo { remote, tls: false, subject: None };
+            let info = ConnInfo::new(remote, false, None);
             http(tcp, info, shared.clone(), listen, watcher).await;
         }
         Some(config) => match super::tls::accept(config, tcp, listen.header_read_timeout).await {
             Ok(stream) => {
                 let subject = super::tls::peer_subject(&stream);
-                let info = ConnInfo { remote, tls: true, subject };
+                let info = ConnInfo::new(remote, true, subject);
                 http(stream, info, shared.clone(), listen, watcher).await;
             }
             Err(e) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
