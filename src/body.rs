@@ -1,6 +1,7 @@
 //! Body types: request bodies streamed to the upstream under a size limit
 //! and an idle timeout, and response bodies that finish the access record.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -81,8 +82,6 @@ impl Body for RequestBody {
         self.inner.size_hint()
     }
 }
-
-use std::future::Future;
 
 enum Kind {
     Full(Option<Bytes>),

@@ -122,12 +122,11 @@ async fn run(
         return Err(plain(Reject::TooManyFailures { retry_after }));
     }
     let now = crate::keys::unix_now();
-    let (entry, source) = authenticate(&parts, snap, conn, now).map_err(|r| {
+    let (client, entry, source) = authenticate(&parts, snap, conn, now).map_err(|r| {
         shared.throttle.record_failure(conn.remote.ip(), auth.max_failures_per_minute);
         count_failure(shared, r.code());
         plain(r)
     })?;
-    let client = snap.clients.get(entry.client as usize).ok_or(plain(Reject::InvalidKey))?;
     record.client = Some(client.id.clone());
     record.key = snap.key_names.get(entry.index as usize).cloned();
     if let Some(gauge) = snap.key_last_used.get().and_then(|g| g.get(entry.index as usize)) {
@@ -175,19 +174,19 @@ fn count_failure(shared: &Shared, reason: &'static str) {
     shared.metrics.auth_failures.get_or_create(&crate::metrics::ReasonLabels { reason }).inc();
 }
 
-fn authenticate(
+fn authenticate<'s>(
     parts: &Parts,
-    snap: &Snapshot,
+    snap: &'s Snapshot,
     conn: &ConnInfo,
     now: i64,
-) -> Result<(crate::keys::KeyEntry, KeySource), Reject> {
+) -> Result<(&'s ClientState, crate::keys::KeyEntry, KeySource), Reject> {
     let presented = auth::extract(&parts.headers, parts.uri.query(), &snap.config.auth)?;
     let entry = auth::identify(&snap.keys, &presented.key, now)?;
     let client = snap.clients.get(entry.client as usize).ok_or(Reject::InvalidKey)?;
     if !subject_allowed(client, conn) {
         return Err(Reject::InvalidKey);
     }
-    Ok((entry, presented.source))
+    Ok((client, entry, presented.source))
 }
 
 /// A client bound to certificate subjects must present one of them.

@@ -95,7 +95,7 @@ fn add_to(file: &Path, client: &str, hash: &str, retire_after: Option<&str>) -> 
 }
 
 fn retire_time(s: &str) -> Result<String, String> {
-    let d: Duration = crate::config::env::parse_duration_for_cli(s)?;
+    let d: Duration = crate::config::parse_duration(s)?;
     let at = time::OffsetDateTime::now_utc() + d;
     let at = at.replace_nanosecond(0).unwrap_or(at);
     at.format(&time::format_description::well_known::Rfc3339).map_err(|e| e.to_string())

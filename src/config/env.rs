@@ -152,8 +152,3 @@ fn env_routes(c: &mut Checker<'_>, config: &Config, env: &Env, suffix: &str) -> 
     indices.dedup();
     Some(Allowed::Only(indices))
 }
-
-/// Parse a duration given on the command line (`7d`, `12h`).
-pub fn parse_duration_for_cli(s: &str) -> Result<Duration, String> {
-    super::validate::parse_duration(s)
-}

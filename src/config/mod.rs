@@ -18,6 +18,7 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 
 pub use error::{ConfigError, Origin, Problem};
+pub use validate::parse_duration;
 
 /// The environment as seen at load time (a snapshot, so tests can pass their own).
 pub type Env = BTreeMap<String, String>;

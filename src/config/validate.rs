@@ -173,7 +173,8 @@ fn readable(c: &mut Checker<'_>, v: &Str, field: &str) -> PathBuf {
     path
 }
 
-pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Durations like `"250ms"`, `"2s"`, `"5m"`, `"7d"`; zero is refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {
         Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
         Ok(d) => Ok(d),

@@ -64,6 +64,14 @@ fn must_strip(name: &str, owned: &Owned<'_>) -> bool {
 
 /// Remove every header named in `Connection` and every hop-by-hop header.
 pub fn strip_connection_headers(headers: &mut HeaderMap) {
+    strip_connection_named(headers);
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Remove the headers that `Connection` names (it may name any header).
+fn strip_connection_named(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -74,16 +82,14 @@ pub fn strip_connection_headers(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
 }
 
 /// Remove from a request everything the caller may not pass on: hop-by-hop
 /// headers, headers named in `Connection`, the key (and `Authorization` when it
 /// carried the key), method overrides, and keygate's own headers in any spelling.
 pub fn sanitize_request(headers: &mut HeaderMap, owned: &Owned<'_>, key_in_authorization: bool) {
-    strip_connection_headers(headers);
+    // Hop-by-hop headers themselves go in the one pass below, in any spelling.
+    strip_connection_named(headers);
     if key_in_authorization {
         headers.remove(header::AUTHORIZATION);
     }
