@@ -13,22 +13,7 @@ const KEY: &str = "auth-test-key-0001";
 
 /// A gateway with one route `/` to `up` and the given client tables.
 fn gateway(up: SocketAddr, clients: &str, extra: &str) -> String {
-    format!(
-        r#"[listen]
-address = "127.0.0.1:0"
-
-[upstreams.main]
-servers = ["http://{up}"]
-
-[[routes]]
-name = "all"
-path = "/"
-upstream = "main"
-
-{clients}
-{extra}
-"#
-    )
+    gateway_config(&[up], "", &format!("{clients}\n{extra}"))
 }
 
 /// The error body without its request id, which differs per request.

@@ -24,28 +24,7 @@ const LIMIT: Duration = Duration::from_secs(10);
 /// One upstream `main` over `servers` (with `upstream_extra` settings), one
 /// route `/` to it, client `billing` holding KEY; `extra` is appended.
 fn gateway(servers: &[SocketAddr], upstream_extra: &str, extra: &str) -> String {
-    let servers: Vec<String> = servers.iter().map(|s| format!("\"http://{s}\"")).collect();
-    format!(
-        r#"[listen]
-address = "127.0.0.1:0"
-
-[upstreams.main]
-servers = [{servers}]
-{upstream_extra}
-
-[[routes]]
-name = "all"
-path = "/"
-upstream = "main"
-
-[clients.billing]
-routes = ["*"]
-keys = [{{ hash = "{hash}" }}]
-{extra}
-"#,
-        servers = servers.join(", "),
-        hash = hash(KEY)
-    )
+    gateway_config(servers, upstream_extra, &format!("{}{extra}", billing_client(KEY)))
 }
 
 async fn start(up: &Upstream) -> Keygate {

@@ -11,21 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A gateway in front of `upstream` with route `all` and the given client tables.
 fn config(upstream: SocketAddr, clients: &str) -> String {
-    format!(
-        r#"[listen]
-address = "127.0.0.1:0"
-
-[upstreams.main]
-servers = ["http://{upstream}"]
-
-[[routes]]
-name = "all"
-path = "/"
-upstream = "main"
-
-{clients}
-"#
-    )
+    gateway_config(&[upstream], "", clients)
 }
 
 fn client(id: &str, keys: &[&str], rate: &str) -> String {

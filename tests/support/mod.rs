@@ -73,28 +73,39 @@ impl Keygate {
     }
 }
 
-/// A minimal gateway config in front of `upstream` with one client `billing`
-/// holding `key`, allowed on every route; `extra` is appended.
-pub fn basic_config(upstream: SocketAddr, key: &str, extra: &str) -> String {
+/// A gateway config: listen on 127.0.0.1:0, upstream `main` over `servers`
+/// (with `upstream_extra` lines in its table), route `all` (`/`) to it; `rest`
+/// (clients, other tables) is appended.
+pub fn gateway_config(servers: &[SocketAddr], upstream_extra: &str, rest: &str) -> String {
+    let servers: Vec<String> = servers.iter().map(|s| format!("\"http://{s}\"")).collect();
     format!(
         r#"[listen]
 address = "127.0.0.1:0"
 
 [upstreams.main]
-servers = ["http://{upstream}"]
+servers = [{servers}]
+{upstream_extra}
 
 [[routes]]
 name = "all"
 path = "/"
 upstream = "main"
 
-[clients.billing]
-routes = ["*"]
-keys = [{{ hash = "{hash}" }}]
-{extra}
+{rest}
 "#,
-        hash = hash(key)
+        servers = servers.join(", ")
     )
+}
+
+/// The table of client `billing`, allowed on every route, holding `key`.
+pub fn billing_client(key: &str) -> String {
+    format!("[clients.billing]\nroutes = [\"*\"]\nkeys = [{{ hash = \"{}\" }}]\n", hash(key))
+}
+
+/// A minimal gateway config in front of `upstream` with one client `billing`
+/// holding `key`, allowed on every route; `extra` is appended.
+pub fn basic_config(upstream: SocketAddr, key: &str, extra: &str) -> String {
+    gateway_config(&[upstream], "", &format!("{}{extra}", billing_client(key)))
 }
 
 /// A response, fully read.
