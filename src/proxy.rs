@@ -27,7 +27,6 @@ use crate::access_log::Record;
 use crate::body::{RequestBody, ResponseBody};
 use crate::error::Reject;
 use crate::state::{ClientState, Shared, Snapshot};
-use auth::KeySource;
 use rate_limit::Decision;
 
 /// What the listener knows about a connection.
@@ -122,7 +121,7 @@ async fn run(
         return Err(plain(Reject::TooManyFailures { retry_after }));
     }
     let now = crate::keys::unix_now();
-    let (client, entry, source) = authenticate(&parts, snap, conn, now).map_err(|r| {
+    let (client, entry, key_in_authorization) = authenticate(&parts, snap, conn, now).map_err(|r| {
         shared.throttle.record_failure(conn.remote.ip(), auth.max_failures_per_minute);
         count_failure(shared, r.code());
         plain(r)
@@ -157,7 +156,7 @@ async fn run(
     parts.uri = forward::upstream_uri(pq);
     let upgrade =
         forward::wants_websocket(&parts).then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
-    prepare_headers(&mut parts, snap, client, conn, source, host.as_ref(), &record.request_id);
+    prepare_headers(&mut parts, snap, client, conn, key_in_authorization, host.as_ref(), &record.request_id);
     let body = RequestBody::new(body, route.max_body, snap.config.listen.body_timeout);
     let response = forward::send(upstream, server, parts, body, upgrade).await.map_err(|f| {
         let labels = crate::metrics::UpstreamLabels { upstream: crate::metrics::Name(upstream.name.clone()), kind: f.kind() };
@@ -179,14 +178,14 @@ fn authenticate<'s>(
     snap: &'s Snapshot,
     conn: &ConnInfo,
     now: i64,
-) -> Result<(&'s ClientState, crate::keys::KeyEntry, KeySource), Reject> {
+) -> Result<(&'s ClientState, crate::keys::KeyEntry, bool), Reject> {
     let presented = auth::extract(&parts.headers, parts.uri.query(), &snap.config.auth)?;
     let entry = auth::identify(&snap.keys, &presented.key, now)?;
     let client = snap.clients.get(entry.client as usize).ok_or(Reject::InvalidKey)?;
     if !subject_allowed(client, conn) {
         return Err(Reject::InvalidKey);
     }
-    Ok((client, entry, presented.source))
+    Ok((client, entry, presented.in_authorization(&parts.headers, &snap.config.auth)))
 }
 
 /// A client bound to certificate subjects must present one of them.
@@ -271,13 +270,13 @@ fn prepare_headers(
     snap: &Snapshot,
     client: &ClientState,
     conn: &ConnInfo,
-    source: KeySource,
+    key_in_authorization: bool,
     host: Option<&HeaderValue>,
     request_id: &HeaderValue,
 ) {
     let auth = &snap.config.auth;
     let owned = headers::Owned { key_header: &auth.header, identity_header: &auth.identity_header };
-    headers::sanitize_request(&mut parts.headers, &owned, source == KeySource::Authorization);
+    headers::sanitize_request(&mut parts.headers, &owned, key_in_authorization);
     let forwarded = headers::Forwarded {
         client_id: &client.header_value,
         remote_ip: conn.remote_ip.clone(),

@@ -167,6 +167,25 @@ async fn bearer_is_accepted_and_authorization_stripped() {
 }
 
 #[tokio::test]
+async fn bearer_repeating_the_header_key_is_stripped_too() {
+    let up = Upstream::start().await;
+    let kg = Keygate::start(&basic_config(up.addr, KEY, "")).await;
+    let bearer = format!("Bearer {KEY}");
+    let r = get(&kg.url("/x"), &[("x-api-key", KEY), ("authorization", &bearer)]).await;
+    assert_eq!(r.status, 200);
+    assert!(up.last().headers.get("authorization").is_none(), "the key's copy in Authorization reached the upstream");
+    let user = "Bearer end-user-token";
+    let r = get(&kg.url("/x"), &[("x-api-key", KEY), ("authorization", user)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        up.last().headers.get("authorization").map(|v| v.as_bytes()),
+        Some(user.as_bytes()),
+        "not the key: kept"
+    );
+    kg.stop().await;
+}
+
+#[tokio::test]
 async fn basic_authorization_is_not_a_key_and_passes_through() {
     let up = Upstream::start().await;
     let kg = Keygate::start(&basic_config(up.addr, KEY, "")).await;

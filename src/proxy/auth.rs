@@ -23,6 +23,15 @@ pub struct Presented<'a> {
     pub source: KeySource,
 }
 
+impl Presented<'_> {
+    /// Whether `Authorization` carries this key, so it must be stripped: when the
+    /// key came from it, and also when the key header and `Bearer` repeat the key.
+    pub fn in_authorization(&self, headers: &HeaderMap, auth: &Auth) -> bool {
+        self.source == KeySource::Authorization
+            || matches!(from_authorization(headers, &auth.schemes), Ok(Some(k)) if k == self.key.as_ref())
+    }
+}
+
 /// Find the key: the key header, else `Authorization: <scheme> <key>`, else the
 /// query parameter when one is configured. Two values in one place are refused.
 pub fn extract<'a>(headers: &'a HeaderMap, query: Option<&'a str>, auth: &Auth) -> Result<Presented<'a>, Reject> {
@@ -170,6 +179,15 @@ mod tests {
         let h = headers(&[("x-api-key", "k1"), ("authorization", "Bearer k2")]);
         let p = extract(&h, None, &auth(None)).unwrap();
         assert_eq!((p.key.as_ref(), p.source), (&b"k1"[..], KeySource::Header));
+    }
+
+    #[test]
+    fn authorization_repeating_the_header_key_carries_it() {
+        let a = auth(None);
+        let same = headers(&[("x-api-key", "k1"), ("authorization", "Bearer k1")]);
+        assert!(extract(&same, None, &a).unwrap().in_authorization(&same, &a));
+        let other = headers(&[("x-api-key", "k1"), ("authorization", "Bearer user-token")]);
+        assert!(!extract(&other, None, &a).unwrap().in_authorization(&other, &a));
     }
 
     #[test]
