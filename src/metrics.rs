@@ -83,6 +83,27 @@ pub struct Metrics {
     pub key_last_used: Family<KeyLabels, Gauge<i64, AtomicI64>>,
     /// When the process started, so "not used since start" can be told from "never used".
     pub start_time: Gauge<i64, AtomicI64>,
+    /// Client connections open now, and how many of them are parked (idle
+    /// HTTP/1 keep-alive connections that hold no buffers).
+    pub connections: Gauge<i64, AtomicI64>,
+    pub parked_connections: Gauge<i64, AtomicI64>,
+}
+
+/// Holds a gauge one higher for as long as it lives.
+#[derive(Debug)]
+pub struct Held(Gauge<i64, AtomicI64>);
+
+impl Held {
+    pub fn new(gauge: &Gauge<i64, AtomicI64>) -> Held {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -111,6 +132,8 @@ impl Metrics {
             key_expiry: Family::default(),
             key_last_used: Family::default(),
             start_time: Gauge::default(),
+            connections: Gauge::default(),
+            parked_connections: Gauge::default(),
             registry: Registry::default(),
             none: Name::new("-"),
         };
@@ -132,6 +155,12 @@ impl Metrics {
         );
         m.start_time.set(crate::keys::unix_now());
         registry.register("start_time_seconds", "When this keygate process started (Unix time)", m.start_time.clone());
+        registry.register("connections", "Client connections open", m.connections.clone());
+        registry.register(
+            "parked_connections",
+            "Idle HTTP/1 keep-alive connections parked without buffers",
+            m.parked_connections.clone(),
+        );
         Metrics { registry, ..m }
     }
 

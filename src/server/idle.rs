@@ -14,6 +14,14 @@
 //!
 //! When a deadline passes while hyper waits to read, the read fails and hyper
 //! closes the connection. Upgraded connections (WebSocket) leave the phases.
+//!
+//! An idle HTTP/1 connection is also **parked** after `park_after`: the IO
+//! raises [`Activity::park_due`], the serving loop asks hyper to close, the
+//! IO swallows hyper's shutdown, and the loop takes the socket back and drops
+//! hyper's connection with its read and write buffers (16 KiB or more). While
+//! parked only the socket and this wrapper stay; the idle deadline still runs
+//! ([`IdleIo::poll_parked`]), and the first readable byte hands the socket to
+//! a fresh hyper connection.
 
 use std::future::Future;
 use std::io;
@@ -27,7 +35,9 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::server::TlsStream;
 
 /// Requests begun and finished on one connection, shared by its service and its IO.
 #[derive(Debug, Default)]
@@ -39,6 +49,8 @@ pub struct Activity {
     /// hyper does not read again after a response until the socket wakes
     /// it, so the idle clock would never be looked at.
     reader: AtomicWaker,
+    /// Idle for `park_after`: time to take the socket back from hyper.
+    park_due: AtomicBool,
 }
 
 impl Activity {
@@ -51,6 +63,11 @@ impl Activity {
     /// The connection was upgraded: the phases no longer apply.
     pub fn upgraded(&self) {
         self.upgraded.store(true, Ordering::Release);
+    }
+
+    /// The connection has been idle for `park_after` and should be parked.
+    pub fn park_due(&self) -> bool {
+        self.park_due.load(Ordering::Acquire)
     }
 }
 
@@ -110,6 +127,42 @@ enum Phase {
     Upgraded,
 }
 
+/// The connection's deadlines.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// `header_read_timeout`: from the first byte to a complete request head.
+    pub head: Duration,
+    /// `idle_timeout`: no request in flight, nothing received.
+    pub idle: Duration,
+    /// Idle this long, an HTTP/1 connection gives hyper's buffers back;
+    /// `None` never parks (HTTP/2, or when `idle` is shorter).
+    pub park_after: Option<Duration>,
+}
+
+/// A socket that tells when it has something to read: the parked wait.
+pub trait ReadReady {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl ReadReady for TlsStream<TcpStream> {
+    /// rustls holds no plaintext here: hyper read until the socket blocked.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
+    }
+}
+
+impl<T: ReadReady> ReadReady for Box<T> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        (**self).poll_read_ready(cx)
+    }
+}
+
 /// The connection's IO under the head and idle deadlines.
 pub struct IdleIo<I> {
     inner: I,
@@ -117,20 +170,97 @@ pub struct IdleIo<I> {
     phase: Phase,
     finished_seen: u64,
     deadline: Pin<Box<Sleep>>,
-    head_timeout: Duration,
-    idle_timeout: Duration,
+    timeouts: Timeouts,
+    /// In the idle phase, the deadline is the park time (not yet the idle end).
+    park_armed: bool,
+    /// When the idle phase began: the idle end is this plus `idle_timeout`.
+    idle_since: Instant,
+    /// Bytes read before hyper took over (protocol sniffing, a parked
+    /// hyper connection's leftovers), served before the socket's.
+    rewound: Bytes,
 }
 
 impl<I> IdleIo<I> {
     /// Wrap a fresh connection: it starts in the head phase.
-    pub fn new(inner: I, activity: Arc<Activity>, head_timeout: Duration, idle_timeout: Duration) -> IdleIo<I> {
-        let deadline = Box::pin(tokio::time::sleep(head_timeout));
-        IdleIo { inner, activity, phase: Phase::Head, finished_seen: 0, deadline, head_timeout, idle_timeout }
+    pub fn new(inner: I, activity: Arc<Activity>, timeouts: Timeouts) -> IdleIo<I> {
+        let now = Instant::now();
+        let deadline = Box::pin(tokio::time::sleep_until(now + timeouts.head));
+        IdleIo {
+            inner,
+            activity,
+            phase: Phase::Head,
+            finished_seen: 0,
+            deadline,
+            timeouts,
+            park_armed: false,
+            idle_since: now,
+            rewound: Bytes::new(),
+        }
     }
 
-    fn enter(&mut self, phase: Phase, timeout: Duration) {
-        self.phase = phase;
-        self.deadline.as_mut().reset(Instant::now() + timeout);
+    /// Serve `bytes` to the next reads, before anything from the socket.
+    pub fn rewind(&mut self, bytes: Bytes) {
+        debug_assert!(self.rewound.is_empty(), "rewound twice");
+        self.rewound = bytes;
+    }
+
+    /// HTTP/2: one hyper connection for the connection's life, never parked.
+    pub fn never_park(&mut self) {
+        self.timeouts.park_after = None;
+    }
+
+    /// The socket is back from a parked hyper connection.
+    pub fn unpark(&mut self, leftover: Bytes) {
+        self.activity.park_due.store(false, Ordering::Release);
+        if !leftover.is_empty() {
+            self.rewind(leftover);
+        }
+    }
+
+    fn enter_head(&mut self) {
+        self.phase = Phase::Head;
+        self.park_armed = false;
+        self.deadline.as_mut().reset(Instant::now() + self.timeouts.head);
+    }
+
+    fn enter_idle(&mut self) {
+        let now = Instant::now();
+        self.phase = Phase::Idle;
+        self.idle_since = now;
+        self.arm_park(now);
+    }
+
+    /// In the idle phase: the deadline is the park time when parking is on
+    /// and it comes before the idle end, else the idle end.
+    fn arm_park(&mut self, now: Instant) {
+        let end = self.idle_since + self.timeouts.idle;
+        match self.timeouts.park_after.map(|park| now + park) {
+            Some(park) if park < end => {
+                self.park_armed = true;
+                self.deadline.as_mut().reset(park);
+            }
+            _ => {
+                self.park_armed = false;
+                self.deadline.as_mut().reset(end);
+            }
+        }
+    }
+
+    /// Poll the head or idle deadline; a passed park time raises
+    /// [`Activity::park_due`] and moves the deadline on to the idle end.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if !self.park_armed {
+                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, timeout_message(self.phase)));
+            }
+            self.park_armed = false;
+            self.activity.park_due.store(true, Ordering::Release);
+            let end = self.idle_since + self.timeouts.idle;
+            self.deadline.as_mut().reset(end);
+        }
     }
 
     /// Follow the service: busy while a request is in flight, idle once the
@@ -148,9 +278,28 @@ impl<I> IdleIo<I> {
         if begun != finished {
             self.phase = Phase::Busy;
         } else if finished != self.finished_seen || self.phase == Phase::Busy {
-            self.enter(Phase::Idle, self.idle_timeout);
+            self.enter_idle();
         }
         self.finished_seen = finished;
+    }
+}
+
+impl<I: ReadReady> IdleIo<I> {
+    /// While parked: ready with `Ok` once there is something to read,
+    /// with the idle timeout's error once the idle deadline passes.
+    /// On waking, parking is armed again: readiness can be spurious, and a
+    /// connection woken for nothing parks again rather than keep buffers
+    /// until its idle end.
+    pub fn poll_parked(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let ready = match self.inner.poll_read_ready(cx) {
+            Poll::Pending if self.rewound.is_empty() => return self.poll_deadline(cx).map(Err),
+            Poll::Pending => Ok(()),
+            Poll::Ready(ready) => ready,
+        };
+        if self.phase == Phase::Idle {
+            self.arm_park(Instant::now());
+        }
+        Poll::Ready(ready)
     }
 }
 
@@ -159,11 +308,17 @@ impl<I: AsyncRead + Unpin> AsyncRead for IdleIo<I> {
         let this = &mut *self;
         this.follow_requests();
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let read = if this.rewound.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.rewound.len().min(buf.remaining());
+            buf.put_slice(&this.rewound.split_to(n));
+            Poll::Ready(Ok(()))
+        };
+        match read {
             Poll::Ready(Ok(())) => {
                 if this.phase == Phase::Idle && buf.filled().len() > before {
-                    let timeout = this.head_timeout;
-                    this.enter(Phase::Head, timeout);
+                    this.enter_head();
                 }
                 Poll::Ready(Ok(()))
             }
@@ -171,12 +326,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for IdleIo<I> {
                 this.activity.reader.register(cx.waker());
                 Poll::Pending
             }
-            Poll::Pending if matches!(this.phase, Phase::Head | Phase::Idle) => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, timeout_message(this.phase))))
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending if matches!(this.phase, Phase::Head | Phase::Idle) => this.poll_deadline(cx).map(Err),
             other => other,
         }
     }
@@ -210,7 +360,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    /// Swallowed while parking: hyper closes its connection, not the socket.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.activity.park_due() {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -227,7 +381,8 @@ mod tests {
     fn pair() -> (IdleIo<tokio::io::DuplexStream>, tokio::io::DuplexStream, Arc<Activity>) {
         let (ours, theirs) = tokio::io::duplex(64);
         let activity = Arc::new(Activity::default());
-        (IdleIo::new(ours, activity.clone(), HEAD, IDLE), theirs, activity)
+        let timeouts = Timeouts { head: HEAD, idle: IDLE, park_after: None };
+        (IdleIo::new(ours, activity.clone(), timeouts), theirs, activity)
     }
 
     async fn read_one(io: &mut IdleIo<tokio::io::DuplexStream>) -> io::Result<u8> {
@@ -324,5 +479,81 @@ mod tests {
         tokio::time::sleep(IDLE + HEAD).await;
         peer.write_all(b"y").await.unwrap();
         assert_eq!(reader.await.unwrap().unwrap(), b'y');
+    }
+
+    /// A connected loopback pair, the server side wrapped with parking on.
+    async fn tcp_pair(park_after: Duration) -> (IdleIo<TcpStream>, TcpStream, Arc<Activity>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let activity = Arc::new(Activity::default());
+        let timeouts = Timeouts { head: HEAD, idle: IDLE, park_after: Some(park_after) };
+        (IdleIo::new(server, activity.clone(), timeouts), client, activity)
+    }
+
+    #[tokio::test]
+    async fn idle_connection_is_parked_then_times_out_at_the_idle_deadline() {
+        let park = Duration::from_millis(100);
+        let (mut io, _peer, activity) = tcp_pair(park).await;
+        drop(activity.begin());
+        let start = Instant::now();
+        // hyper's read: pending until the park time, which raises the flag
+        // and keeps the read pending.
+        let mut b = [0u8; 1];
+        let parked = tokio::time::timeout(IDLE, async {
+            while !activity.park_due() {
+                tokio::select! {
+                    biased;
+                    _ = io.read(&mut b) => panic!("read returned while idle"),
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(parked.is_ok(), "not parked within the idle timeout");
+        assert!(around(start.elapsed(), park), "{:?}", start.elapsed());
+        // hyper's shutdown is swallowed: the socket stays open.
+        io.shutdown().await.unwrap();
+        io.unpark(Bytes::new());
+        assert!(!activity.park_due());
+        let err = std::future::poll_fn(|cx| io.poll_parked(cx)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(around(start.elapsed(), IDLE), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn parked_connection_wakes_on_data_and_serves_leftovers_first() {
+        let (mut io, mut peer, activity) = tcp_pair(Duration::from_millis(20)).await;
+        drop(activity.begin());
+        // hyper read until the socket blocked before it parked.
+        let mut b = [0u8; 8];
+        let blocked = std::future::poll_fn(|cx| {
+            Poll::Ready(Pin::new(&mut io).poll_read(cx, &mut ReadBuf::new(&mut b)).is_pending())
+        })
+        .await;
+        assert!(blocked);
+        let pending = std::future::poll_fn(|cx| Poll::Ready(io.poll_parked(cx).is_pending())).await;
+        assert!(pending, "nothing to read yet");
+        peer.write_all(b"T /").await.unwrap();
+        std::future::poll_fn(|cx| io.poll_parked(cx)).await.unwrap();
+        io.unpark(Bytes::from_static(b"GE"));
+        let mut got = [0u8; 5];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET /");
+    }
+
+    #[tokio::test]
+    async fn connection_that_never_parks_reaches_the_idle_deadline_without_the_flag() {
+        let (mut io, _peer, activity) = tcp_pair(Duration::from_millis(20)).await;
+        io.never_park();
+        drop(activity.begin());
+        let err = read_one_tcp(&mut io).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(!activity.park_due());
+    }
+
+    async fn read_one_tcp(io: &mut IdleIo<TcpStream>) -> io::Result<u8> {
+        let mut b = [0u8; 1];
+        io.read_exact(&mut b).await.map(|_| b[0])
     }
 }

@@ -2,30 +2,48 @@
 //! its TLS handshake and HTTP work happen in its own task.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
+use bytes::Bytes;
 use http::StatusCode;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
-use super::idle::{Activity, IdleIo, Tracked};
+use super::idle::{Activity, IdleIo, ReadReady, Timeouts, Tracked};
 use crate::config::Listen;
+use crate::metrics::Held;
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
+
+/// An HTTP/1 connection idle this long gives hyper's buffers back (see
+/// [`super::idle`]) and stays open at about 3 KiB. Short, because freed
+/// buffers are reused only by connections that are busy at the same time;
+/// a connection busier than this never parks, one that is not pays for a
+/// fresh hyper connection (about a microsecond) on its next request.
+const PARK_AFTER: Duration = Duration::from_millis(50);
+
+/// The HTTP/2 client preface: a plain connection that starts with it speaks
+/// HTTP/2 with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Fires once when the listener starts draining.
+type Drain = watch::Receiver<()>;
 
 /// Serve connections from `listener` until `shutdown` resolves, then let
 /// in-flight requests finish for up to `listen.shutdown_grace`.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     let max = shared.snapshot.load().config.listen.max_connections;
     let slots = Arc::new(Semaphore::new(max));
-    let graceful = GracefulShutdown::new();
+    let (drain_tx, drain) = watch::channel(());
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -46,36 +64,50 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
             continue;
         };
         let shared = shared.clone();
-        let watcher = graceful.watcher();
+        let drain = drain.clone();
         tokio::spawn(async move {
-            connection(tcp, remote, shared, watcher).await;
-            drop(permit);
+            let open = Held::new(&shared.metrics.connections);
+            connection(tcp, remote, shared, drain).await;
+            drop((open, permit));
         });
     }
     drop(listener);
+    let _ = drain_tx.send(());
+    // Every connection's task holds a slot: all slots free means all done.
     let grace = shared.snapshot.load().config.listen.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
         tracing::warn!(?grace, "shutdown grace elapsed with requests still in flight");
     }
 }
 
-async fn connection(tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, watcher: Watcher) {
+async fn connection(tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, drain: Drain) {
     let _ = tcp.set_nodelay(true);
     let snap = shared.snapshot.load_full();
     let listen = &snap.config.listen;
     match snap.tls.clone() {
         None => {
             let info = ConnInfo::new(remote, false, None);
-            http(tcp, info, shared.clone(), listen, watcher).await;
+            http(tcp, None, info, shared.clone(), listen, drain).await;
         }
-        Some(config) => match super::tls::accept(config, tcp, listen.header_read_timeout).await {
-            Ok(stream) => {
-                let subject = super::tls::peer_subject(&stream);
-                let info = ConnInfo::new(remote, true, subject);
-                http(stream, info, shared.clone(), listen, watcher).await;
+        Some(config) => {
+            // Boxed, handshake and stream: rustls' state (over 1 KiB) would
+            // otherwise size every connection's task, plain ones included.
+            let timeout = listen.header_read_timeout;
+            let accepted = Box::pin(async move {
+                let stream = super::tls::accept(config, tcp, timeout).await?;
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                Ok::<_, super::tls::HandshakeError>((super::tls::peer_subject(&stream), h2, Box::new(stream)))
+            })
+            .await;
+            match accepted {
+                Ok((subject, h2, stream)) => {
+                    let info = ConnInfo::new(remote, true, subject);
+                    http(stream, Some(h2), info, shared.clone(), listen, drain).await;
+                }
+                Err(e) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
             }
-            Err(e) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-        },
+        }
     }
 }
 
@@ -84,18 +116,23 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, wat
 /// ([`crate::proxy::framing`]); beyond them hyper answers a bare 431 or resets.
 const HYPER_HEADER_MARGIN: usize = 2;
 
-fn builder(listen: &Listen) -> auto::Builder<TokioExecutor> {
+fn http1_builder(listen: &Listen) -> http1::Builder {
     let head_bytes = listen.max_header_bytes.saturating_mul(HYPER_HEADER_MARGIN);
-    let mut b = auto::Builder::new(TokioExecutor::new());
+    let mut b = http1::Builder::new();
     // No hyper header_read_timeout: it would also cut idle keep-alive
     // connections; `IdleIo` keeps both deadlines apart.
-    b.http1()
+    b.header_read_timeout(None)
         .max_buf_size(head_bytes.max(8192))
         .max_headers(listen.max_headers.saturating_mul(HYPER_HEADER_MARGIN))
         .writev(false)
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+    b
+}
+
+fn http2_builder(listen: &Listen) -> http2::Builder<TokioExecutor> {
+    let head_bytes = listen.max_header_bytes.saturating_mul(HYPER_HEADER_MARGIN);
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
         .max_concurrent_streams(listen.max_concurrent_streams)
         .max_header_list_size(u32::try_from(head_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(Some(20))
@@ -105,28 +142,126 @@ fn builder(listen: &Listen) -> auto::Builder<TokioExecutor> {
     b
 }
 
-async fn http<I>(io: I, info: ConnInfo, shared: Arc<Shared>, listen: &Listen, watcher: Watcher)
+/// Read far enough into a plain connection to tell an HTTP/2 preface from an
+/// HTTP/1 request (under the head deadline), and put the bytes back.
+async fn sniff_h2<I: AsyncRead + Unpin>(io: &mut IdleIo<I>) -> std::io::Result<bool> {
+    let mut seen = [0u8; H2_PREFACE.len()];
+    let mut n = 0;
+    while let Some(rest) = seen.get_mut(n..).filter(|rest| !rest.is_empty()) {
+        let got = io.read(rest).await?;
+        if got == 0 {
+            break;
+        }
+        let agrees = seen.get(n..n + got) == H2_PREFACE.get(n..n + got);
+        n += got;
+        if !agrees {
+            break;
+        }
+    }
+    let seen = seen.get(..n).unwrap_or_default();
+    io.rewind(Bytes::copy_from_slice(seen));
+    Ok(seen == H2_PREFACE)
+}
+
+/// Serve one connection: HTTP/2 for its whole life, or HTTP/1 in rounds of
+/// one hyper connection each, parked in between (see [`super::idle`]).
+/// `h2` is ALPN's answer on TLS, `None` on plain TCP (sniffed).
+async fn http<I>(io: I, h2: Option<bool>, info: ConnInfo, shared: Arc<Shared>, listen: &Listen, mut drain: Drain)
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     let info = Arc::new(info);
     let activity = Arc::new(Activity::default());
-    let io = IdleIo::new(io, activity.clone(), listen.header_read_timeout, listen.idle_timeout);
-    let service = service_fn(move |req| {
-        let in_flight = activity.begin();
-        let handled = proxy::handle(req, info.clone(), shared.clone());
-        async move {
-            let response = handled.await?;
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                in_flight.upgraded();
+    let metrics = shared.metrics.clone();
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let in_flight = activity.begin();
+            let handled = proxy::handle(req, info.clone(), shared.clone());
+            async move {
+                let response = handled.await?;
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    in_flight.upgraded();
+                }
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
             }
-            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+        })
+    };
+    let timeouts =
+        Timeouts { head: listen.header_read_timeout, idle: listen.idle_timeout, park_after: Some(PARK_AFTER) };
+    let mut io = IdleIo::new(io, activity.clone(), timeouts);
+    let h2 = match h2 {
+        Some(h2) => h2,
+        None => match sniff_h2(&mut io).await {
+            Ok(h2) => h2,
+            Err(e) => return tracing::debug!(error = %e, "connection ended before a request"),
+        },
+    };
+    if h2 {
+        io.never_park();
+        let mut conn = Box::pin(http2_builder(listen).serve_connection(TokioIo::new(io), service));
+        let mut draining = false;
+        let mut drained = std::pin::pin!(drain.changed());
+        let served = poll_fn(|cx| {
+            if !draining && drained.as_mut().poll(cx).is_ready() {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            conn.as_mut().poll(cx)
+        })
+        .await;
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "connection ended with an error");
         }
-    });
-    let builder = builder(listen);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    let conn = watcher.watch(conn.into_owned());
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "connection ended with an error");
+        return;
+    }
+    let http1 = http1_builder(listen);
+    loop {
+        let mut conn = Box::pin(http1.serve_connection(TokioIo::new(io), service.clone()).with_upgrades());
+        let mut draining = false;
+        let mut parking = false;
+        let served = {
+            let mut drained = std::pin::pin!(drain.changed());
+            poll_fn(|cx| {
+                if !draining && drained.as_mut().poll(cx).is_ready() {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                match conn.as_mut().poll(cx) {
+                    Poll::Pending if !parking && !draining && activity.park_due() => {
+                        // hyper closes its idle connection; IdleIo keeps the socket.
+                        parking = true;
+                        conn.as_mut().graceful_shutdown();
+                        conn.as_mut().poll(cx)
+                    }
+                    other => other,
+                }
+            })
+            .await
+        };
+        if let Err(e) = served {
+            return tracing::debug!(error = %e, "connection ended with an error");
+        }
+        if !parking || draining {
+            return;
+        }
+        // Not upgraded (an upgraded connection never parks): the parts are there.
+        let Some(parts) = Pin::into_inner(conn).into_parts() else { return };
+        io = parts.io.into_inner();
+        io.unpark(parts.read_buf);
+        let _parked = Held::new(&metrics.parked_connections);
+        let woke = {
+            let mut drained = std::pin::pin!(drain.changed());
+            poll_fn(|cx| {
+                if drained.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                io.poll_parked(cx).map(|ready| ready.is_ok())
+            })
+            .await
+        };
+        if !woke {
+            return;
+        }
     }
 }
