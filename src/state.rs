@@ -154,9 +154,14 @@ impl Default for RequestIds {
 impl RequestIds {
     /// The next id.
     pub fn next(&self) -> HeaderValue {
+        use std::io::Write;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}-{n:08x}", self.prefix);
-        HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+        // Formatted on the stack: the header value is the one allocation.
+        let mut buf = [0u8; 40];
+        let mut w = &mut buf[..];
+        let _ = write!(w, "{}-{n:08x}", self.prefix);
+        let len = 40 - w.len();
+        buf.get(..len).and_then(|id| HeaderValue::from_bytes(id).ok()).unwrap_or(HeaderValue::from_static("0"))
     }
 }
 
@@ -202,5 +207,25 @@ impl Shared {
         next.publish_key_metrics(&self.metrics);
         self.snapshot.store(Arc::new(next));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_prefix_dash_counter_and_distinct() {
+        let ids = RequestIds::default();
+        let a = ids.next();
+        let b = ids.next();
+        let a = a.to_str().unwrap();
+        let (prefix, n) = a.split_once('-').unwrap();
+        assert_eq!(prefix.len(), 12);
+        assert!(prefix.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(n, "00000000");
+        assert_eq!(b.to_str().unwrap(), format!("{prefix}-00000001"));
+        ids.counter.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(ids.next().to_str().unwrap(), format!("{prefix}-ffffffffffffffff"));
     }
 }

@@ -177,7 +177,9 @@ where
         let activity = activity.clone();
         service_fn(move |req| {
             let in_flight = activity.begin();
-            let handled = proxy::handle(req, info.clone(), shared.clone());
+            // Boxed: hyper moves the service's future into place, and the
+            // request's future is 3 KB; a box is cheaper than the copies.
+            let handled = Box::pin(proxy::handle(req, info.clone(), shared.clone()));
             async move {
                 let response = handled.await?;
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -86,7 +86,9 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: the connect and TLS handshake states would otherwise be
+        // carried (and copied) in every request's future.
+        let mut sender = Box::pin(self.connect()).await?;
         let response = sender.send_request(req).await?;
         Ok(self.wrap(response, sender))
     }
