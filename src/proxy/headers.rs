@@ -76,7 +76,8 @@ pub fn strip_connection_headers(headers: &mut HeaderMap) {
         return;
     }
     strip_connection_named(headers);
-    for name in [header::CONNECTION, KEEP_ALIVE, header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::UPGRADE]
+    for name in
+        [header::CONNECTION, KEEP_ALIVE, header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::UPGRADE]
     {
         headers.remove(name);
     }
