@@ -276,6 +276,8 @@ fn prepare_headers(
 ) {
     let auth = &snap.config.auth;
     let owned = headers::Owned { key_header: &auth.header, identity_header: &auth.identity_header };
+    // Room for what set_forwarded adds, so the map grows once, not per insert.
+    parts.headers.reserve(6);
     headers::sanitize_request(&mut parts.headers, &owned, key_in_authorization);
     let forwarded = headers::Forwarded {
         client_id: &client.header_value,

@@ -2,6 +2,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Response;
+use std::sync::OnceLock;
 
 use super::rate_limit::Decision;
 use crate::body::ResponseBody;
@@ -68,9 +69,23 @@ fn challenge(auth: &Auth) -> HeaderValue {
 
 /// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
 pub fn rate_limit_headers(h: &mut HeaderMap, d: &Decision) {
-    h.insert(RATELIMIT_LIMIT, HeaderValue::from(d.limit));
-    h.insert(RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
-    h.insert(RATELIMIT_RESET, HeaderValue::from(d.reset));
+    h.reserve(3);
+    h.insert(RATELIMIT_LIMIT, number(u64::from(d.limit)));
+    h.insert(RATELIMIT_REMAINING, number(u64::from(d.remaining)));
+    h.insert(RATELIMIT_RESET, number(d.reset));
+}
+
+/// Numbers below this are header values made once, cloned without allocating.
+const SMALL_NUMBERS: usize = 1024;
+
+/// `n` as a header value; small ones (most resets and remainders) from a table.
+fn number(n: u64) -> HeaderValue {
+    static TABLE: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        // Leaked once: static strings make clones free of reference counts.
+        (0..SMALL_NUMBERS).map(|i| HeaderValue::from_static(Box::leak(i.to_string().into_boxed_str()))).collect()
+    });
+    usize::try_from(n).ok().and_then(|i| table.get(i)).cloned().unwrap_or_else(|| HeaderValue::from(n))
 }
 
 #[cfg(test)]
@@ -97,6 +112,13 @@ mod tests {
             let (_, code, message) = reject.parts();
             let want = serde_json::json!({"error": code, "message": message, "request_id": "0a1b-00000001"});
             assert_eq!(error_json(reject, &id), want.to_string());
+        }
+    }
+
+    #[test]
+    fn numbers_from_the_table_and_beyond_it() {
+        for n in [0, 1, 59, 1023, 1024, 1_000_000, u64::MAX] {
+            assert_eq!(number(n), HeaderValue::from(n), "{n}");
         }
     }
 

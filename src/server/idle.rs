@@ -169,7 +169,15 @@ pub struct IdleIo<I> {
     activity: Arc<Activity>,
     phase: Phase,
     finished_seen: u64,
-    deadline: Pin<Box<Sleep>>,
+    /// When the current phase's deadline passes (head end, park time or
+    /// idle end); meaningless while busy or upgraded.
+    due: Instant,
+    /// The alarm that gets `due` looked at: never later than `due`, but it
+    /// may ring early. Deadlines move later on every request (each finish
+    /// restarts the idle clock, each head its own), so moving the alarm
+    /// only when a deadline comes earlier keeps the timer wheel out of the
+    /// per-request path; an early ring costs one look and one re-arm.
+    alarm: Pin<Box<Sleep>>,
     timeouts: Timeouts,
     /// In the idle phase, the deadline is the park time (not yet the idle end).
     park_armed: bool,
@@ -184,13 +192,14 @@ impl<I> IdleIo<I> {
     /// Wrap a fresh connection: it starts in the head phase.
     pub fn new(inner: I, activity: Arc<Activity>, timeouts: Timeouts) -> IdleIo<I> {
         let now = Instant::now();
-        let deadline = Box::pin(tokio::time::sleep_until(now + timeouts.head));
+        let due = now + timeouts.head;
         IdleIo {
             inner,
             activity,
             phase: Phase::Head,
             finished_seen: 0,
-            deadline,
+            due,
+            alarm: Box::pin(tokio::time::sleep_until(due)),
             timeouts,
             park_armed: false,
             idle_since: now,
@@ -220,7 +229,15 @@ impl<I> IdleIo<I> {
     fn enter_head(&mut self) {
         self.phase = Phase::Head;
         self.park_armed = false;
-        self.deadline.as_mut().reset(Instant::now() + self.timeouts.head);
+        self.set_due(Instant::now() + self.timeouts.head);
+    }
+
+    /// Make `due` the deadline; the alarm moves only if it would ring late.
+    fn set_due(&mut self, due: Instant) {
+        self.due = due;
+        if due < self.alarm.deadline() {
+            self.alarm.as_mut().reset(due);
+        }
     }
 
     fn enter_idle(&mut self) {
@@ -237,11 +254,11 @@ impl<I> IdleIo<I> {
         match self.timeouts.park_after.map(|park| now + park) {
             Some(park) if park < end => {
                 self.park_armed = true;
-                self.deadline.as_mut().reset(park);
+                self.set_due(park);
             }
             _ => {
                 self.park_armed = false;
-                self.deadline.as_mut().reset(end);
+                self.set_due(end);
             }
         }
     }
@@ -250,8 +267,14 @@ impl<I> IdleIo<I> {
     /// [`Activity::park_due`] and moves the deadline on to the idle end.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
-            if self.deadline.as_mut().poll(cx).is_pending() {
+            if self.alarm.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
+            }
+            if Instant::now() < self.due {
+                // Rang early: the deadline moved on since it was set.
+                let due = self.due;
+                self.alarm.as_mut().reset(due);
+                continue;
             }
             if !self.park_armed {
                 return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, timeout_message(self.phase)));
@@ -259,7 +282,7 @@ impl<I> IdleIo<I> {
             self.park_armed = false;
             self.activity.park_due.store(true, Ordering::Release);
             let end = self.idle_since + self.timeouts.idle;
-            self.deadline.as_mut().reset(end);
+            self.set_due(end);
         }
     }
 
