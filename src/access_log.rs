@@ -63,16 +63,15 @@ impl Record {
         self.count(elapsed.as_secs_f64());
     }
 
-    fn count(&self, seconds: f64) {
+    /// The labels take the record's names: it ends here.
+    fn count(mut self: Box<Self>, seconds: f64) {
         let m = &self.metrics;
-        let none = || m.none.clone();
-        m.requests
-            .get_or_create(&RequestLabels {
-                client: self.client.clone().unwrap_or_else(none),
-                route: self.route.clone().unwrap_or_else(none),
-                status: self.status,
-            })
-            .inc();
+        let labels = RequestLabels {
+            client: self.client.take().unwrap_or_else(|| m.none.clone()),
+            route: self.route.take().unwrap_or_else(|| m.none.clone()),
+            status: self.status,
+        };
+        m.requests.get_or_create(&labels).inc();
         m.duration.observe(seconds);
     }
 }

@@ -127,7 +127,10 @@ async fn run(
         plain(r)
     })?;
     record.client = Some(client.id.clone());
-    record.key = snap.key_names.get(entry.index as usize).cloned();
+    if logging {
+        // The fingerprint is for the log line only (metrics count by client).
+        record.key = snap.key_names.get(entry.index as usize).cloned();
+    }
     if let Some(gauge) = snap.key_last_used.get().and_then(|g| g.get(entry.index as usize)) {
         gauge.set(now);
     }
