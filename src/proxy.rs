@@ -43,9 +43,34 @@ pub struct ConnInfo {
 impl ConnInfo {
     /// What the handler needs to know about a new connection.
     pub fn new(remote: SocketAddr, tls: bool, subject: Option<Vec<(String, String)>>) -> ConnInfo {
-        let remote_ip = HeaderValue::from_str(&remote.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        ConnInfo { remote, remote_ip, tls, subject }
+        ConnInfo { remote, remote_ip: ip_header(remote.ip()), tls, subject }
     }
+}
+
+/// The address as a header value. IPv4 is written by hand: through `fmt` it
+/// cost 1,500 instructions, a twentieth of a new connection's handling.
+fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        let digits = [b'.', b'0' + octet / 100, b'0' + octet / 10 % 10, b'0' + octet % 10];
+        let first = match octet {
+            100.. => 1,
+            10..=99 => 2,
+            _ => 3,
+        };
+        let dot = usize::from(i > 0);
+        for &b in digits.get(..dot).unwrap_or_default().iter().chain(digits.get(first..).unwrap_or_default()) {
+            if let Some(slot) = text.get_mut(len) {
+                *slot = b;
+                len += 1;
+            }
+        }
+    }
+    text.get(..len).and_then(|t| HeaderValue::from_bytes(t).ok()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// Handle one request: forward it, or answer with a JSON error.
@@ -292,5 +317,20 @@ fn prepare_headers(
     headers::set_forwarded(&mut parts.headers, &owned, forwarded);
     if let Some(host) = host {
         parts.headers.insert(header::HOST, host.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_address_header_is_the_address_as_text() {
+        for ip in
+            ["0.0.0.0", "127.0.0.1", "9.10.99.100", "255.255.255.255", "10.0.200.7", "::1", "2001:db8::8:800:200c:417a"]
+        {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header(ip).to_str().unwrap(), ip.to_string());
+        }
     }
 }

@@ -35,8 +35,10 @@ const PARK_AFTER: Duration = Duration::from_millis(50);
 /// HTTP/2 with prior knowledge.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The first read of a plain connection: room for a typical request head.
-const SNIFF_BYTES: usize = 4096;
+/// The first read of a plain connection: room for a typical request head
+/// (a larger one is read on by hyper), small enough for the allocator's
+/// fast path.
+const SNIFF_BYTES: usize = 1024;
 
 /// Fires once when the listener starts draining.
 type Drain = watch::Receiver<()>;
@@ -148,7 +150,7 @@ fn http2_builder(listen: &Listen) -> http2::Builder<TokioExecutor> {
 /// Read far enough into a plain connection to tell an HTTP/2 preface from an
 /// HTTP/1 request (under the head deadline), and put the bytes back.
 ///
-/// The first read takes up to a whole request head, not just the 24 bytes
+/// The first read takes up to 1 KiB (most request heads), not just the 24 bytes
 /// of the preface: one `recv` instead of two on every new connection.
 async fn sniff_h2<I: AsyncRead + Unpin>(io: &mut IdleIo<I>) -> std::io::Result<bool> {
     let mut seen = BytesMut::with_capacity(SNIFF_BYTES);
