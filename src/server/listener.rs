@@ -27,8 +27,9 @@ use crate::state::Shared;
 /// An HTTP/1 connection idle this long gives hyper's buffers back (see
 /// [`super::idle`]) and stays open at about 3 KiB. Short, because freed
 /// buffers are reused only by connections that are busy at the same time;
-/// a connection busier than this never parks, one that is not pays for a
-/// fresh hyper connection (about a microsecond) on its next request.
+/// a connection busier than this never parks, one that is not pays for
+/// parking and a fresh hyper connection (about 9,500 instructions, 3 µs)
+/// on its next request.
 const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// The HTTP/2 client preface: a plain connection that starts with it speaks
