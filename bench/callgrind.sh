@@ -33,7 +33,9 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 [[ -x $BIN ]] || (cd "$ROOT" && cargo build --release >&2)
 
-read -r UP_PORT KG_PORT < <(python3 "$ROOT/bench/helper.py" ports 2 | tr '\n' ' ')
+mapfile -t PORTS < <(python3 "$ROOT/bench/helper.py" ports 2)
+UP_PORT=${PORTS[0]}
+KG_PORT=${PORTS[1]}
 KEY=cg-bench-key-0001
 HASH=$(printf %s "$KEY" | "$BIN" hash | tail -n 1)
 mkdir -p "$TMP/up"
@@ -80,9 +82,9 @@ for _ in $(seq 300); do
 done
 load() { wrk -t1 -c20 -d"$1" --timeout 5s -H "X-API-Key: $KEY" "http://127.0.0.1:$KG_PORT/"; }
 load 2s >/dev/null                      # warm-up, not counted
-callgrind_control -i on "$KG" >/dev/null
+callgrind_control -i on "$KG" >/dev/null 2>&1
 N=$(load 5s | awk '/requests in/ {print $1}')
-callgrind_control -d "$KG" >/dev/null
+callgrind_control -d "$KG" >/dev/null 2>&1
 IR=$(for f in "$TMP"/callgrind.out*; do grep -h '^summary:' "$f" | awk '{print $2}'; done | sort -n | tail -n 1)
 awk -v ir="$IR" -v n="$N" -v m="$MODE" \
     'BEGIN { printf "%s key: %d requests, %.0f user-space instructions per request\n", m, n, ir / n }'
