@@ -135,7 +135,7 @@ pub struct Timeouts {
     /// `idle_timeout`: no request in flight, nothing received.
     pub idle: Duration,
     /// Idle this long, an HTTP/1 connection gives hyper's buffers back;
-    /// `None` never parks (HTTP/2, or when `idle` is shorter).
+    /// `None` never parks (HTTP/2). A park time past the idle end is not used.
     pub park_after: Option<Duration>,
 }
 

@@ -156,16 +156,56 @@ fn http2_builder(listen: &Listen) -> http2::Builder<TokioExecutor> {
 async fn sniff_h2<I: AsyncRead + Unpin>(io: &mut IdleIo<I>) -> std::io::Result<bool> {
     let mut seen = BytesMut::with_capacity(SNIFF_BYTES);
     loop {
-        if io.read_buf(&mut seen).await? == 0 || seen.len() >= H2_PREFACE.len() {
-            break;
-        }
-        if !H2_PREFACE.starts_with(&seen) {
+        let got = io.read_buf(&mut seen).await?;
+        if got == 0 || seen.len() >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&seen) {
             break;
         }
     }
     let h2 = seen.starts_with(H2_PREFACE);
     io.rewind(seen.freeze());
     Ok(h2)
+}
+
+/// Why [`drive`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The connection ended by itself (the peer closed, an error, an upgrade).
+    Closed,
+    /// The listener is draining: asked to close after its requests in flight.
+    Drained,
+    /// Idle long enough to park: asked to close, the socket kept (`IdleIo`).
+    Parked,
+}
+
+/// Drive a hyper connection to its end. A drain asks it to close
+/// gracefully, and so does `park_due()` turning true while it waits.
+async fn drive<C>(
+    mut conn: Pin<&mut C>,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    drain: &mut Drain,
+    park_due: impl Fn() -> bool,
+) -> (hyper::Result<()>, Ended)
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let mut ended = Ended::Closed;
+    let mut drained = std::pin::pin!(drain.changed());
+    let served = poll_fn(|cx| {
+        if ended == Ended::Closed && drained.as_mut().poll(cx).is_ready() {
+            ended = Ended::Drained;
+            graceful_shutdown(conn.as_mut());
+        }
+        match conn.as_mut().poll(cx) {
+            Poll::Pending if ended == Ended::Closed && park_due() => {
+                ended = Ended::Parked;
+                graceful_shutdown(conn.as_mut());
+                conn.as_mut().poll(cx)
+            }
+            other => other,
+        }
+    })
+    .await;
+    (served, ended)
 }
 
 /// Serve one connection: HTTP/2 for its whole life, or HTTP/1 in rounds of
@@ -207,17 +247,7 @@ where
     if h2 {
         io.never_park();
         let mut conn = Box::pin(http2_builder(listen).serve_connection(TokioIo::new(io), service));
-        let mut draining = false;
-        let mut drained = std::pin::pin!(drain.changed());
-        let served = poll_fn(|cx| {
-            if !draining && drained.as_mut().poll(cx).is_ready() {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            conn.as_mut().poll(cx)
-        })
-        .await;
-        if let Err(e) = served {
+        if let (Err(e), _) = drive(conn.as_mut(), |c| c.graceful_shutdown(), &mut drain, || false).await {
             tracing::debug!(error = %e, "connection ended with an error");
         }
         return;
@@ -225,32 +255,10 @@ where
     let http1 = http1_builder(listen);
     loop {
         let mut conn = Box::pin(http1.serve_connection(TokioIo::new(io), service.clone()).with_upgrades());
-        let mut draining = false;
-        let mut parking = false;
-        let served = {
-            let mut drained = std::pin::pin!(drain.changed());
-            poll_fn(|cx| {
-                if !draining && drained.as_mut().poll(cx).is_ready() {
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                match conn.as_mut().poll(cx) {
-                    Poll::Pending if !parking && !draining && activity.park_due() => {
-                        // hyper closes its idle connection; IdleIo keeps the socket.
-                        parking = true;
-                        conn.as_mut().graceful_shutdown();
-                        conn.as_mut().poll(cx)
-                    }
-                    other => other,
-                }
-            })
-            .await
-        };
-        if let Err(e) = served {
-            return tracing::debug!(error = %e, "connection ended with an error");
-        }
-        if !parking || draining {
-            return;
+        match drive(conn.as_mut(), |c| c.graceful_shutdown(), &mut drain, || activity.park_due()).await {
+            (Err(e), _) => return tracing::debug!(error = %e, "connection ended with an error"),
+            (Ok(()), Ended::Parked) => {}
+            (Ok(()), Ended::Closed | Ended::Drained) => return,
         }
         // Not upgraded (an upgraded connection never parks): the parts are there.
         let Some(parts) = Pin::into_inner(conn).into_parts() else { return };
