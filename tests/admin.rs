@@ -219,35 +219,12 @@ fn check_warns_about_keys_expiring_within_14_days() {
     assert!(warnings[1].contains("clients.billing.keys[2].expires") && warnings[1].contains("has expired"), "{stderr}");
 }
 
-/// One keep-alive request on `tcp`; the response's status line and body.
-async fn exchange(tcp: &mut tokio::net::TcpStream, key: &str) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// One keep-alive request on `tcp`; the response's status line.
+async fn exchange(tcp: &mut tokio::net::TcpStream, key: &str) -> String {
+    use tokio::io::AsyncWriteExt;
     let req = format!("GET /parked HTTP/1.1\r\nHost: kg\r\nX-API-Key: {key}\r\n\r\n");
     tcp.write_all(req.as_bytes()).await.expect("write");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = async {
-        loop {
-            let n = tcp.read(&mut buf).await.expect("read");
-            assert!(n > 0, "closed mid-response: {}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&got).to_string();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length: ")
-                            .map(|v| v.trim().parse().expect("length"))
-                    })
-                    .expect("content-length");
-                if body.len() >= len {
-                    return (head.lines().next().unwrap_or_default().to_string(), body.to_string());
-                }
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), read).await.expect("response in time")
+    read_response(tcp).await.lines().next().unwrap_or_default().to_string()
 }
 
 /// Poll `/metrics` until `name` reads `want` (bounded).
@@ -267,12 +244,12 @@ async fn idle_keep_alive_connection_is_parked_served_again_and_closed_by_the_dra
     let up = Upstream::start().await;
     let mut kg = Keygate::start(&config(up.addr)).await;
     let mut tcp = tokio::net::TcpStream::connect(kg.addr).await.expect("connect");
-    let (status, _) = exchange(&mut tcp, KEY).await;
+    let status = exchange(&mut tcp, KEY).await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(until_metric(&kg, "keygate_connections", 1.0).await);
     assert!(until_metric(&kg, "keygate_parked_connections", 1.0).await, "the idle connection is parked");
     // The parked socket is served again, on the same connection.
-    let (status, _) = exchange(&mut tcp, KEY).await;
+    let status = exchange(&mut tcp, KEY).await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(up.count(), 2);
     assert!(until_metric(&kg, "keygate_parked_connections", 1.0).await, "parked again");
@@ -291,8 +268,8 @@ async fn closed_connections_leave_the_connection_gauge() {
     let kg = Keygate::start(&config(up.addr)).await;
     let mut a = tokio::net::TcpStream::connect(kg.addr).await.expect("connect");
     let mut b = tokio::net::TcpStream::connect(kg.addr).await.expect("connect");
-    exchange(&mut a, KEY).await;
-    exchange(&mut b, KEY).await;
+    assert_eq!(exchange(&mut a, KEY).await, "HTTP/1.1 200 OK");
+    assert_eq!(exchange(&mut b, KEY).await, "HTTP/1.1 200 OK");
     assert!(until_metric(&kg, "keygate_connections", 2.0).await);
     drop(a);
     assert!(until_metric(&kg, "keygate_connections", 1.0).await);

@@ -117,30 +117,6 @@ pub async fn read_to_close(tcp: &mut TcpStream, bound: Duration) -> Exchange {
     Exchange { text: String::from_utf8_lossy(&out).into_owned(), closed, elapsed: start.elapsed() }
 }
 
-/// Read one response head and its `Content-Length` body from a kept-alive connection.
-pub async fn read_response(tcp: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = String::from_utf8_lossy(&out).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            if body.len() >= len {
-                return text;
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, tcp.read(&mut buf)).await.expect("response in time").expect("read");
-        assert!(n > 0, "connection closed before a full response: {text:?}");
-        out.extend_from_slice(buf.get(..n).unwrap_or_default());
-    }
-}
-
 /// A plain, allowed request still gets through and reaches the upstream.
 pub async fn still_serves(kg: &Keygate, up: &Upstream) {
     let oks = || up.requests().iter().filter(|r| r.uri == "/public/ok").count();
