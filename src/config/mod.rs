@@ -43,6 +43,21 @@ pub struct Config {
     pub warnings: Vec<Problem>,
 }
 
+impl Config {
+    /// "2 clients, 3 keys, 4 routes, 1 upstream": what `check` and the start-up summary count.
+    pub fn counts(&self) -> String {
+        let keys: usize = self.clients.iter().map(|c| c.keys.len()).sum();
+        let n = |count: usize, one: &str| format!("{count} {one}{}", if count == 1 { "" } else { "s" });
+        format!(
+            "{}, {}, {}, {}",
+            n(self.clients.len(), "client"),
+            n(keys, "key"),
+            n(self.routes.len(), "route"),
+            n(self.upstreams.len(), "upstream")
+        )
+    }
+}
+
 /// The proxy listener and its limits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listen {
@@ -178,4 +193,17 @@ fn parse_error(source: &error::Source<'_>, e: &toml::de::Error) -> ConfigError {
     let field = error::field_path_at(source.text, span.start);
     let message = e.message().trim().replace('\n', " ");
     ConfigError::single(source.origin(span), field, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_say_one_client_not_one_clients() {
+        let text = "[upstreams.a]\nservers = [\"http://127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"a\"\n\
+                    [clients.c]\nroutes = [\"*\"]\nkeys = [{ hash = \"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\" }]\n";
+        let config = load_str(text, Path::new("k.toml"), &Env::default()).unwrap();
+        assert_eq!(config.counts(), "1 client, 1 key, 1 route, 1 upstream");
+    }
 }
