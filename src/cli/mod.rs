@@ -5,6 +5,7 @@ pub mod demo;
 pub mod hash;
 pub mod healthcheck;
 pub mod keygen;
+pub mod routes;
 
 use std::path::PathBuf;
 

@@ -8,6 +8,7 @@
 pub mod env;
 pub mod error;
 pub mod file;
+pub mod suggest;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -132,11 +133,53 @@ pub enum Allowed {
     Only(Vec<usize>),
 }
 
+/// A client's grants as configured: routes by name, and upstreams (every
+/// route of each). `Allowed` is their union.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// `"*"`: every route.
+    pub all: bool,
+    /// Sorted indices into [`Config::routes`] named in `routes`.
+    pub routes: Vec<usize>,
+    /// Sorted indices into [`Config::upstreams`] named in `upstreams`.
+    pub upstreams: Vec<usize>,
+}
+
+impl Grants {
+    /// The routes these grants allow, out of `routes`.
+    pub fn allowed(&self, routes: &[Route]) -> Allowed {
+        if self.all {
+            return Allowed::All;
+        }
+        let by_upstream = routes.iter().enumerate().filter(|(_, r)| self.upstreams.binary_search(&r.upstream).is_ok());
+        let mut indices: Vec<usize> = self.routes.iter().copied().chain(by_upstream.map(|(i, _)| i)).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        Allowed::Only(indices)
+    }
+
+    /// How route `index` (with upstream `upstream`) is granted, if it is.
+    pub fn grant_for(&self, index: usize, upstream: usize) -> Option<&'static str> {
+        if self.all {
+            Some("*")
+        } else if self.routes.binary_search(&index).is_ok() {
+            Some("route")
+        } else if self.upstreams.binary_search(&upstream).is_ok() {
+            Some("upstream")
+        } else {
+            None
+        }
+    }
+}
+
 /// One calling application.
 #[derive(Debug, Clone)]
 pub struct Client {
     pub id: String,
+    /// The routes it may call: the union of its two grants below.
     pub allowed: Allowed,
+    /// What the configuration granted, for `keygate routes` to show.
+    pub grants: Grants,
     pub rate: Rate,
     pub keys: Vec<Key>,
     /// Certificate subjects this client must present (empty: any or none).
