@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::error::Origin;
+use super::error::{Origin, Problem};
 use super::validate::{parse_server_url, resolve_path, Checker};
 use super::{suggest, Client, Config, Env, Grants, Rate, Route, TlsFiles, Upstream};
 use crate::keys;
@@ -31,6 +31,34 @@ pub(super) fn apply(c: &mut Checker<'_>, config: &mut Config, env: &Env, default
     tls(c, config, env);
     upstream(c, config, env);
     clients(c, config, env, default_rate);
+    unknown(c, env);
+}
+
+/// Every variable keygate reads by its full name.
+const KNOWN: &[&str] = &[
+    "KEYGATE_CONFIG",
+    "KEYGATE_LISTEN",
+    "KEYGATE_ADMIN",
+    "KEYGATE_TLS_CERT",
+    "KEYGATE_TLS_KEY",
+    "KEYGATE_UPSTREAM",
+    "KEYGATE_LOG",
+    "KEYGATE_LOG_FORMAT",
+];
+
+/// Variables keygate reads by prefix, followed by a client id.
+const PREFIXES: &[&str] = &[KEY_PREFIX, ROUTES_PREFIX, UPSTREAMS_PREFIX];
+
+/// A `KEYGATE_*` variable keygate does not read is most likely a typo
+/// (`KEYGATE_LISTN`) that silently changes nothing: warn, with a hint.
+fn unknown(c: &mut Checker<'_>, env: &Env) {
+    let unknown = env.keys().filter(|k| k.starts_with("KEYGATE_")).filter(|k| {
+        !KNOWN.contains(&k.as_str()) && !PREFIXES.iter().any(|p| k.strip_prefix(p).is_some_and(|rest| !rest.is_empty()))
+    });
+    for var in unknown {
+        let message = suggest::with_hint("keygate reads no such variable".into(), var, KNOWN.iter().copied());
+        c.warnings.push(Problem { origin: Origin::Env(var.clone()), field: String::new(), message });
+    }
 }
 
 fn bad(c: &mut Checker<'_>, var: &str, message: String) {

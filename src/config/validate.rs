@@ -563,6 +563,10 @@ fn final_checks(c: &mut Checker<'_>, config: &Config) {
         c.push(Origin::None, "routes", "no route is defined: add [[routes]] or set KEYGATE_UPSTREAM");
     }
     duplicate_digests(c, config);
+    if config.clients.is_empty() && c.problems.is_empty() {
+        let message = "no client is defined: every request will get 401 (add [clients.<id>] or KEYGATE_KEY_<CLIENT>)";
+        c.warnings.push(Problem { origin: Origin::None, field: "clients".into(), message: message.into() });
+    }
     for client in &config.clients {
         if !client.tls_subjects.is_empty() && config.listen.tls.as_ref().and_then(|t| t.client_ca.as_ref()).is_none() {
             c.push(
