@@ -1,6 +1,6 @@
-//! The request path: normalise → throttle → credentials → key → route →
-//! permission → rate limit → forward. Each step returns early with a
-//! [`Reject`]; the steps live in the modules below.
+//! The request path: normalise → credentials → key (a failure goes through
+//! the throttle) → route → permission → rate limit → forward. Each step
+//! returns early with a [`Reject`]; the steps live in the modules below.
 
 pub mod auth;
 pub mod forward;
@@ -10,6 +10,7 @@ pub mod path;
 pub mod rate_limit;
 pub mod respond;
 pub mod route;
+pub mod throttle;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -141,16 +142,9 @@ async fn run(
         record.target = path.to_string();
     }
     let auth = &snap.config.auth;
-    if let Some(retry_after) = shared.throttle.blocked(conn.remote.ip(), auth.max_failures_per_minute) {
-        count_failure(shared, "too_many_failures");
-        return Err(plain(Reject::TooManyFailures { retry_after }));
-    }
     let now = crate::keys::unix_now();
-    let (client, entry, key_in_authorization) = authenticate(&parts, snap, conn, now).map_err(|r| {
-        shared.throttle.record_failure(conn.remote.ip(), auth.max_failures_per_minute);
-        count_failure(shared, r.code());
-        plain(r)
-    })?;
+    let (client, entry, key_in_authorization) =
+        authenticate(&parts, snap, conn, now).map_err(|r| plain(failed(shared, conn.remote.ip(), r, auth)))?;
     record.client = Some(client.id.clone());
     if logging {
         // The fingerprint is for the log line only (metrics count by client).
@@ -195,6 +189,20 @@ async fn run(
     let mut response = response.map(ResponseBody::upstream);
     respond::rate_limit_headers(response.headers_mut(), &decision);
     Ok(response)
+}
+
+/// A failed authentication: 401 and one failure counted, or 429 when the
+/// address has used its allowance (not counted: the block does not grow).
+/// Only failures get here, so a valid key is never throttled.
+fn failed(shared: &Shared, addr: std::net::IpAddr, reject: Reject, auth: &crate::config::Auth) -> Reject {
+    let per_minute = auth.max_failures_per_minute;
+    if let Some(retry_after) = shared.throttle.blocked(addr, per_minute) {
+        count_failure(shared, "too_many_failures");
+        return Reject::TooManyFailures { retry_after };
+    }
+    shared.throttle.record_failure(addr, per_minute);
+    count_failure(shared, reject.code());
+    reject
 }
 
 fn count_failure(shared: &Shared, reason: &'static str) {
