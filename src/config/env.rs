@@ -112,6 +112,10 @@ fn clients(c: &mut Checker<'_>, config: &mut Config, env: &Env, default_rate: Ra
             bad(c, var, "is empty".into());
             continue;
         }
+        if let Some(problem) = short_key(var, plain) {
+            bad(c, var, problem);
+            continue;
+        }
         let allowed = env_routes(c, config, env, suffix);
         let key = keys::digest(plain.as_bytes());
         let origin = super::KeyOrigin::Env(var.clone());
@@ -151,4 +155,21 @@ fn env_routes(c: &mut Checker<'_>, config: &Config, env: &Env, suffix: &str) -> 
     indices.sort_unstable();
     indices.dedup();
     Some(Allowed::Only(indices))
+}
+
+/// The fewest characters a key given through the environment may have: a
+/// UUIDv4 has 36 (122 random bits), `keygen`'s keys more.
+pub const MIN_ENV_KEY_CHARS: usize = 32;
+
+/// Why the plain key in `var` is too weak to accept, if it is: guessing a
+/// short key must not be a matter of the failure throttle alone. The value
+/// itself is never part of the message.
+pub fn short_key(var: &str, plain: &str) -> Option<String> {
+    let chars = plain.chars().count();
+    (chars < MIN_ENV_KEY_CHARS).then(|| {
+        format!(
+            "environment variable {var} holds a key of {chars} characters; keys given through the \
+             environment must have at least {MIN_ENV_KEY_CHARS} (make one with `keygate keygen`)"
+        )
+    })
 }

@@ -466,7 +466,12 @@ fn key(c: &mut Checker<'_>, k: &file::KeyToml, field: &str, env_vars: &Env) -> O
             keys::parse_hash(h.get_ref()).map_err(|e| c.error(h.span(), &format!("{field}.hash"), e)).ok()
         }
         (None, Some(var)) => match env_vars.get(var.get_ref()).filter(|v| !v.is_empty()) {
-            Some(plain) => Some(keys::digest(plain.as_bytes())),
+            Some(plain) => {
+                if let Some(problem) = env::short_key(var.get_ref(), plain) {
+                    c.error(var.span(), &format!("{field}.env"), problem);
+                }
+                Some(keys::digest(plain.as_bytes()))
+            }
             None => {
                 c.error(
                     var.span(),
