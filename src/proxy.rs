@@ -3,6 +3,7 @@
 //! returns early with a [`Reject`]; the steps live in the modules below.
 
 pub mod auth;
+pub mod client_addr;
 pub mod forward;
 pub mod framing;
 pub mod headers;
@@ -28,23 +29,45 @@ use crate::access_log::Record;
 use crate::body::{RequestBody, ResponseBody};
 use crate::error::Reject;
 use crate::state::{ClientState, Shared, Snapshot};
+use client_addr::Remote;
 use rate_limit::Decision;
 
 /// What the listener knows about a connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
+    /// The connection's client address: a PROXY header's source, else the TCP peer.
     pub remote: SocketAddr,
     /// The remote address as the `X-Forwarded-For` value, made once per connection.
     pub remote_ip: HeaderValue,
     pub tls: bool,
     /// Subject of the verified client certificate (mTLS).
     pub subject: Option<Vec<(String, String)>>,
+    /// The TCP peer (a load balancer, when a PROXY header named `remote`).
+    pub peer: SocketAddr,
+    /// Whether `remote` is a trusted proxy, whose `X-Forwarded-For` is read.
+    pub trusted: bool,
 }
 
 impl ConnInfo {
     /// What the handler needs to know about a new connection.
-    pub fn new(remote: SocketAddr, tls: bool, subject: Option<Vec<(String, String)>>) -> ConnInfo {
-        ConnInfo { remote, remote_ip: ip_header(remote.ip()), tls, subject }
+    pub fn new(remote: impl Into<Remote>, tls: bool, subject: Option<Vec<(String, String)>>) -> ConnInfo {
+        let Remote { addr, peer, trusted } = remote.into();
+        ConnInfo { remote: addr, remote_ip: ip_header(addr.ip()), tls, subject, peer, trusted }
+    }
+
+    /// The client address of a request on this connection (see [`client_addr`]).
+    fn client_ip(&self, headers: &http::HeaderMap, listen: &crate::config::Listen) -> std::net::IpAddr {
+        match self.trusted {
+            true => client_addr::behind_proxy(headers, self.remote.ip(), &listen.trusted_proxies),
+            false => self.remote.ip(),
+        }
+    }
+
+    /// The `X-Forwarded-For` for the upstream: a trusted proxy's chain with
+    /// the proxy appended, else the connection's address alone.
+    fn forwarded_for(&self, headers: &http::HeaderMap) -> HeaderValue {
+        let chain = if self.trusted { client_addr::chain(headers, &self.remote_ip) } else { None };
+        chain.unwrap_or_else(|| self.remote_ip.clone())
     }
 }
 
@@ -96,6 +119,8 @@ pub async fn handle(
         status: 0,
         error: None,
         bytes: 0,
+        client_ip: None,
+        peer: None,
     });
     let response = match run(parts, body, &conn, &shared, &snap, &mut record).await {
         Ok(response) => response,
@@ -137,14 +162,17 @@ async fn run(
     let host = request_host(&parts).map_err(plain)?;
     let path = path::normalize(parts.uri.path()).map_err(|_| plain(Reject::BadRequest))?;
     let logging = crate::access_log::enabled();
+    let client_ip = conn.client_ip(&parts.headers, listen);
     if logging {
         // The query may hold the key until it is known where the key came from.
         record.target = path.to_string();
+        record.client_ip = conn.trusted.then_some(client_ip);
+        record.peer = (conn.trusted || conn.peer != conn.remote).then_some(conn.peer);
     }
     let auth = &snap.config.auth;
     let now = crate::keys::unix_now();
     let (client, entry, key_in_authorization) =
-        authenticate(&parts, snap, conn, now).map_err(|r| plain(failed(shared, conn.remote.ip(), r, auth)))?;
+        authenticate(&parts, snap, conn, now).map_err(|r| plain(failed(shared, client_ip, r, auth)))?;
     record.client = Some(client.id.clone());
     if logging {
         // The fingerprint is for the log line only (metrics count by client).
@@ -312,12 +340,13 @@ fn prepare_headers(
 ) {
     let auth = &snap.config.auth;
     let owned = headers::Owned { key_header: &auth.header, identity_header: &auth.identity_header };
+    let forwarded_for = conn.forwarded_for(&parts.headers);
     // Room for what set_forwarded adds, so the map grows once, not per insert.
     parts.headers.reserve(6);
     headers::sanitize_request(&mut parts.headers, &owned, key_in_authorization);
     let forwarded = headers::Forwarded {
         client_id: &client.header_value,
-        remote_ip: conn.remote_ip.clone(),
+        remote_ip: forwarded_for,
         proto: if conn.tls { "https" } else { "http" },
         host,
         request_id,

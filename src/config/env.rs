@@ -30,6 +30,7 @@ pub(super) fn apply(c: &mut Checker<'_>, config: &mut Config, env: &Env, default
     tls(c, config, env);
     upstream(c, config, env);
     clients(c, config, env, default_rate);
+    proxies(c, config, env);
 }
 
 fn bad(c: &mut Checker<'_>, var: &str, message: String) {
@@ -172,4 +173,31 @@ pub fn short_key(var: &str, plain: &str) -> Option<String> {
              environment must have at least {MIN_ENV_KEY_CHARS} (make one with `keygate keygen`)"
         )
     })
+}
+
+/// `KEYGATE_TRUSTED_PROXIES` (comma-separated networks, replacing the file's
+/// list) and `KEYGATE_PROXY_PROTOCOL` (`true`/`false`); then the PROXY
+/// protocol needs someone to trust.
+fn proxies(c: &mut Checker<'_>, config: &mut Config, env: &Env) {
+    if let Some(list) = env.get("KEYGATE_TRUSTED_PROXIES") {
+        let mut nets = Vec::new();
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            match super::parse_network(entry) {
+                Ok(net) => nets.push(net),
+                Err(e) => bad(c, "KEYGATE_TRUSTED_PROXIES", e),
+            }
+        }
+        config.listen.trusted_proxies = super::TrustedProxies(nets);
+    }
+    match env.get("KEYGATE_PROXY_PROTOCOL").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") => {}
+        Some("true" | "1" | "yes" | "on") => config.listen.proxy_protocol = true,
+        Some("false" | "0" | "no" | "off") => config.listen.proxy_protocol = false,
+        Some(_) => bad(c, "KEYGATE_PROXY_PROTOCOL", "must be true or false".into()),
+    }
+    if config.listen.proxy_protocol && config.listen.trusted_proxies.is_empty() {
+        let msg =
+            "is on, but listen.trusted_proxies (KEYGATE_TRUSTED_PROXIES) is empty: every connection would be refused";
+        c.push(super::Origin::None, "listen.proxy_protocol", msg);
+    }
 }
