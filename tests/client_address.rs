@@ -89,6 +89,18 @@ async fn forwarded_for_is_read_and_kept_from_trusted_peers_only() {
 }
 
 #[tokio::test]
+async fn keygate_trusted_proxies_replaces_the_file_list() {
+    let up = Upstream::start().await;
+    let env = [("KEYGATE_TRUSTED_PROXIES".to_string(), "127.0.0.2, 10.0.0.0/8".to_string())].into();
+    let kg = Keygate::start_with_env(&config(up.addr, "", ""), &env).await;
+    assert_eq!(status_from("127.0.0.2", kg.addr, KEY, &["203.0.113.9"]).await, "200");
+    assert_eq!(last_xff(&up), "203.0.113.9, 127.0.0.2", "127.0.0.2 is trusted now");
+    assert_eq!(status_from("127.0.0.1", kg.addr, KEY, &["203.0.113.9"]).await, "200");
+    assert_eq!(last_xff(&up), "127.0.0.1", "and the file's 127.0.0.1 no longer");
+    kg.stop().await;
+}
+
+#[tokio::test]
 async fn the_throttle_counts_the_client_behind_a_trusted_proxy_and_the_peer_otherwise() {
     let up = Upstream::start().await;
     let kg = Keygate::start(&config(up.addr, "", "[auth]\nmax_failures_per_minute = 2\n")).await;

@@ -224,6 +224,21 @@ mod tests {
     }
 
     #[test]
+    fn an_eviction_episode_starts_once_and_ends_when_half_empty() {
+        let t = FailureThrottle::with_cap(8);
+        for i in 0..40u32 {
+            t.record_failure(IpAddr::V4(Ipv4Addr::from(i)), 1);
+            assert_eq!(t.episode.load(Ordering::Relaxed), i >= 8, "after address {i}");
+        }
+        t.prune();
+        assert!(t.episode.load(Ordering::Relaxed), "still full: the episode goes on");
+        // As if every address had recovered.
+        t.tat.retain(|ip, _| *ip == IpAddr::V4(Ipv4Addr::from(39)));
+        t.prune();
+        assert!(!t.episode.load(Ordering::Relaxed), "the table is empty: the episode is over");
+    }
+
+    #[test]
     fn ipv6_flood_stays_within_cap() {
         let t = FailureThrottle::with_cap(500);
         for i in 0..20_000u16 {
