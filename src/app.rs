@@ -164,7 +164,6 @@ async fn stop(term: &mut Signal, int: &mut Signal) -> &'static str {
 /// The one-screen startup summary; `{addr}` and `{admin}` are filled in once bound.
 pub fn summary(config: &Config) -> String {
     let scheme = if config.listen.tls.is_some() { "https" } else { "http" };
-    let keys: usize = config.clients.iter().map(|c| c.keys.len()).sum();
     let mut s = format!("keygate {}\n", env!("CARGO_PKG_VERSION"));
     s += &format!("  listening on {scheme}://{{addr}}\n");
     s += &format!("  tls:        {}\n", tls_line(config));
@@ -173,12 +172,7 @@ pub fn summary(config: &Config) -> String {
         "  config:     {}\n",
         config.source.as_ref().map_or("environment only".into(), |p| p.display().to_string())
     );
-    s += &format!(
-        "  clients: {}  keys: {keys}  routes: {}  upstreams: {}",
-        config.clients.len(),
-        config.routes.len(),
-        config.upstreams.len()
-    );
+    s += &format!("  {}", config.counts());
     for w in &config.warnings {
         s += &format!("\n  warning: {w}");
     }

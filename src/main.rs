@@ -45,6 +45,18 @@ enum Command {
     /// Read a key from standard input and print its hash.
     #[command(after_help = "Example:\n  echo \"$KEY\" | keygate hash")]
     Hash,
+    /// Show who can call what: clients × routes, with the grant behind each cell.
+    #[command(
+        after_help = "Examples:\n  keygate routes -c keygate.toml\n  keygate routes -c keygate.toml --format csv > permissions.csv"
+    )]
+    Routes {
+        /// Configuration file (default: $KEYGATE_CONFIG).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: cli::routes::Format,
+    },
     /// Try keygate: an echo upstream, a key and a certificate, all on loopback.
     #[command(after_help = "Example:\n  keygate demo")]
     Demo,
@@ -65,6 +77,7 @@ fn main() -> ExitCode {
         Command::Check { config } => cli::check::run(config),
         Command::Keygen(a) => cli::keygen::run(a),
         Command::Hash => cli::hash::run(),
+        Command::Routes { config, format } => cli::routes::run(config, format),
         Command::Demo => cli::demo::run(),
         Command::Healthcheck { url } => cli::healthcheck::run(&url),
     };

@@ -22,14 +22,7 @@ pub fn run(flag: Option<PathBuf>) -> u8 {
         }
         return USAGE;
     }
-    let keys: usize = config.clients.iter().map(|c| c.keys.len()).sum();
-    println!(
-        "{}: ok ({} clients, {keys} keys, {} routes, {} upstreams)",
-        path.as_ref().map_or("environment".into(), |p| p.display().to_string()),
-        config.clients.len(),
-        config.routes.len(),
-        config.upstreams.len()
-    );
+    println!("{}: ok ({})", path.as_ref().map_or("environment".into(), |p| p.display().to_string()), config.counts());
     OK
 }
 

@@ -150,7 +150,8 @@ fn print_tour(addr: SocketAddr, key: &str, ca: &Path, config: &Path) {
     println!("curl --cacert {ca} -i -H 'X-API-Key: wrong' {base}/echo/hello\n");
     println!("# forbidden route: 403 forbidden");
     println!("curl --cacert {ca} -i -H \"X-API-Key: $KEY\" {base}/admin\n");
-    println!("# rate limited: burst 5, then 429 rate_limited with Retry-After");
+    // The accepted call above spent one of the five; a 403 spends none.
+    println!("# rate limited: a burst of 5 (the accepted call above spent one), so four 200s, then 429 rate_limited with Retry-After");
     println!("for i in 1 2 3 4 5 6 7; do curl --cacert {ca} -s -o /dev/null -w '%{{http_code}}\\n' -H \"X-API-Key: $KEY\" {base}/echo; done\n");
     println!("Ctrl-C stops the demo.");
 }

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod hash;
 pub mod healthcheck;
 pub mod keygen;
+pub mod routes;
 
 use std::path::PathBuf;
 
@@ -28,6 +29,12 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
+/// What to say when neither a file nor a `KEYGATE_*` variable gives a configuration.
+const NO_CONFIG: &str = "error: no configuration given. Give one of:
+  keygate serve -c keygate.toml                  (or KEYGATE_CONFIG=keygate.toml)
+  KEYGATE_UPSTREAM=http://127.0.0.1:8080 KEYGATE_KEY_BILLING=<key> keygate serve
+`keygate keygen --client billing` makes a key; `keygate demo` runs a ready-made try-out.";
+
 /// A configuration loaded as `serve` loads it, with its path and environment.
 pub struct Loaded {
     pub config: config::Config,
@@ -40,6 +47,10 @@ pub struct Loaded {
 pub fn load(flag: Option<PathBuf>) -> Result<Loaded, u8> {
     let env = config::process_env();
     let path = config::config_path(flag, &env);
+    if path.is_none() && !env.keys().any(|k| k.starts_with("KEYGATE_")) {
+        eprintln!("{NO_CONFIG}");
+        return Err(USAGE);
+    }
     match config::load(path.as_deref(), &env) {
         Ok(config) => Ok(Loaded { config, path, env }),
         Err(e) => {

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use super::error::Origin;
 use super::validate::{parse_server_url, resolve_path, Checker};
-use super::{Allowed, Client, Config, Env, Rate, Route, TlsFiles, Upstream};
+use super::{suggest, Client, Config, Env, Grants, Rate, Route, TlsFiles, Upstream};
 use crate::keys;
 
 const KEY_PREFIX: &str = "KEYGATE_KEY_";
 const ROUTES_PREFIX: &str = "KEYGATE_ROUTES_";
+const UPSTREAMS_PREFIX: &str = "KEYGATE_UPSTREAMS_";
 
 /// Apply the environment over `config`, recording problems under the variable's name.
 pub(super) fn apply(c: &mut Checker<'_>, config: &mut Config, env: &Env, default_rate: Rate) {
@@ -117,7 +118,7 @@ fn clients(c: &mut Checker<'_>, config: &mut Config, env: &Env, default_rate: Ra
             bad(c, var, problem);
             continue;
         }
-        let allowed = env_routes(c, config, env, suffix);
+        let grants = env_grants(c, config, env, suffix);
         let key = keys::digest(plain.as_bytes());
         let origin = super::KeyOrigin::Env(var.clone());
         let key = super::Key { digest: key, not_before: None, expires: None, origin };
@@ -125,37 +126,58 @@ fn clients(c: &mut Checker<'_>, config: &mut Config, env: &Env, default_rate: Ra
             Some(existing) => existing.keys.push(key),
             None => config.clients.push(Client {
                 id,
-                allowed: allowed.unwrap_or(Allowed::All),
+                allowed: grants.allowed(&config.routes),
+                grants,
                 rate: default_rate,
                 keys: vec![key],
                 tls_subjects: Vec::new(),
             }),
         }
     }
-    for var in env.keys().filter(|k| k.starts_with(ROUTES_PREFIX)) {
-        let suffix = &var[ROUTES_PREFIX.len()..];
-        if !env.contains_key(&format!("{KEY_PREFIX}{suffix}")) {
-            bad(c, var, format!("has no matching {KEY_PREFIX}{suffix}"));
+    for prefix in [ROUTES_PREFIX, UPSTREAMS_PREFIX] {
+        for var in env.keys().filter(|k| k.starts_with(prefix)) {
+            let suffix = &var[prefix.len()..];
+            if !env.contains_key(&format!("{KEY_PREFIX}{suffix}")) {
+                bad(c, var, format!("has no matching {KEY_PREFIX}{suffix}"));
+            }
         }
     }
 }
 
-fn env_routes(c: &mut Checker<'_>, config: &Config, env: &Env, suffix: &str) -> Option<Allowed> {
-    let var = format!("{ROUTES_PREFIX}{suffix}");
-    let list = env.get(&var)?;
+/// The grants of an environment client: every route, unless
+/// `KEYGATE_ROUTES_<CLIENT>` or `KEYGATE_UPSTREAMS_<CLIENT>` names some.
+fn env_grants(c: &mut Checker<'_>, config: &Config, env: &Env, suffix: &str) -> Grants {
+    let routes_var = format!("{ROUTES_PREFIX}{suffix}");
+    let upstreams_var = format!("{UPSTREAMS_PREFIX}{suffix}");
+    let (routes, upstreams) = (env.get(&routes_var), env.get(&upstreams_var));
+    if routes.is_none() && upstreams.is_none() {
+        return Grants { all: true, ..Grants::default() };
+    }
+    let mut grants = Grants::default();
+    if let Some(list) = routes {
+        grants.all = list.split(',').any(|n| n.trim() == "*");
+        let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        grants.routes = env_list(c, &routes_var, list, &names, "route");
+    }
+    if let Some(list) = upstreams {
+        let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        grants.upstreams = env_list(c, &upstreams_var, list, &names, "upstream");
+    }
+    grants
+}
+
+/// The sorted indices of the comma-separated names in `list` (`*` aside).
+fn env_list(c: &mut Checker<'_>, var: &str, list: &str, names: &[&str], kind: &str) -> Vec<usize> {
     let mut indices = Vec::new();
-    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        if name == "*" {
-            return Some(Allowed::All);
-        }
-        match config.routes.iter().position(|r| r.name == name) {
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty() && *n != "*") {
+        match names.iter().position(|n| *n == name) {
             Some(i) => indices.push(i),
-            None => bad(c, &var, format!("unknown route \"{name}\"")),
+            None => bad(c, var, suggest::with_hint(format!("unknown {kind} \"{name}\""), name, names.iter().copied())),
         }
     }
     indices.sort_unstable();
     indices.dedup();
-    Some(Allowed::Only(indices))
+    indices
 }
 
 /// The fewest characters a key given through the environment may have: a

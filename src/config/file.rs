@@ -116,7 +116,9 @@ pub struct RouteToml {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientToml {
-    pub routes: Spanned<Vec<Str>>,
+    pub routes: Option<Spanned<Vec<Str>>>,
+    /// Every route whose upstream is one of these, now and after reloads.
+    pub upstreams: Option<Spanned<Vec<Str>>>,
     pub rate_limit: Option<RateToml>,
     #[serde(default)]
     pub keys: Vec<KeyToml>,

@@ -8,6 +8,7 @@
 pub mod env;
 pub mod error;
 pub mod file;
+pub mod suggest;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,21 @@ pub struct Config {
     pub clients: Vec<Client>,
     /// Things worth telling the operator that do not stop loading.
     pub warnings: Vec<Problem>,
+}
+
+impl Config {
+    /// "2 clients, 3 keys, 4 routes, 1 upstream": what `check` and the start-up summary count.
+    pub fn counts(&self) -> String {
+        let keys: usize = self.clients.iter().map(|c| c.keys.len()).sum();
+        let n = |count: usize, one: &str| format!("{count} {one}{}", if count == 1 { "" } else { "s" });
+        format!(
+            "{}, {}, {}, {}",
+            n(self.clients.len(), "client"),
+            n(keys, "key"),
+            n(self.routes.len(), "route"),
+            n(self.upstreams.len(), "upstream")
+        )
+    }
 }
 
 /// The proxy listener and its limits.
@@ -121,11 +137,53 @@ pub enum Allowed {
     Only(Vec<usize>),
 }
 
+/// A client's grants as configured: routes by name, and upstreams (every
+/// route of each). `Allowed` is their union.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// `"*"`: every route.
+    pub all: bool,
+    /// Sorted indices into [`Config::routes`] named in `routes`.
+    pub routes: Vec<usize>,
+    /// Sorted indices into [`Config::upstreams`] named in `upstreams`.
+    pub upstreams: Vec<usize>,
+}
+
+impl Grants {
+    /// The routes these grants allow, out of `routes`.
+    pub fn allowed(&self, routes: &[Route]) -> Allowed {
+        if self.all {
+            return Allowed::All;
+        }
+        let by_upstream = routes.iter().enumerate().filter(|(_, r)| self.upstreams.binary_search(&r.upstream).is_ok());
+        let mut indices: Vec<usize> = self.routes.iter().copied().chain(by_upstream.map(|(i, _)| i)).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        Allowed::Only(indices)
+    }
+
+    /// How route `index` (with upstream `upstream`) is granted, if it is.
+    pub fn grant_for(&self, index: usize, upstream: usize) -> Option<&'static str> {
+        if self.all {
+            Some("*")
+        } else if self.routes.binary_search(&index).is_ok() {
+            Some("route")
+        } else if self.upstreams.binary_search(&upstream).is_ok() {
+            Some("upstream")
+        } else {
+            None
+        }
+    }
+}
+
 /// One calling application.
 #[derive(Debug, Clone)]
 pub struct Client {
     pub id: String,
+    /// The routes it may call: the union of its two grants below.
     pub allowed: Allowed,
+    /// What the configuration granted, for `keygate routes` to show.
+    pub grants: Grants,
     pub rate: Rate,
     pub keys: Vec<Key>,
     /// Certificate subjects this client must present (empty: any or none).
@@ -215,4 +273,17 @@ pub fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
         return Err(format!("\"{s}\" has host bits set: did you mean \"{}\"?", net.trunc()));
     }
     Ok(net)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_say_one_client_not_one_clients() {
+        let text = "[upstreams.a]\nservers = [\"http://127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"a\"\n\
+                    [clients.c]\nroutes = [\"*\"]\nkeys = [{ hash = \"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\" }]\n";
+        let config = load_str(text, Path::new("k.toml"), &Env::default()).unwrap();
+        assert_eq!(config.counts(), "1 client, 1 key, 1 route, 1 upstream");
+    }
 }

@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::error::{Origin, Problem, Source};
 use super::file::{self, FileConfig, Str};
-use super::{env, Allowed, Auth, Client, Config, ConfigError, Env, Key, Listen, Rate, Route};
+use super::{env, suggest, Auth, Client, Config, ConfigError, Env, Grants, Key, Listen, Rate, Route};
 use super::{KeyOrigin, TlsFiles, Upstream};
 use crate::keys;
 
@@ -72,7 +72,7 @@ pub(super) fn validate(file: FileConfig, src: Option<&Source<'_>>, env_vars: &En
     let default_rate = file.rate_limit.as_ref().map_or(Rate::DEFAULT, |r| rate(&mut c, r, "rate_limit"));
     let upstreams = upstreams(&mut c, &file.upstreams);
     let routes = routes(&mut c, &file.routes, &upstreams);
-    let clients = clients(&mut c, &file.clients, &routes, default_rate, env_vars);
+    let clients = clients(&mut c, &file.clients, (&routes, &upstreams), default_rate, env_vars);
     let mut config = Config {
         source: src.map(|s| s.path.to_path_buf()),
         listen: listen.unwrap_or_else(Listen::defaults),
@@ -335,10 +335,12 @@ fn routes(c: &mut Checker<'_>, t: &[file::RouteToml], upstreams: &[Upstream]) ->
         }
         let upstream = upstreams.iter().position(|u| u.name == *r.upstream.get_ref());
         if upstream.is_none() {
+            let message = format!("unknown upstream \"{}\"", r.upstream.get_ref());
+            let names = upstreams.iter().map(|u| u.name.as_str());
             c.error(
                 r.upstream.span(),
                 &format!("{field}.upstream"),
-                format!("unknown upstream \"{}\"", r.upstream.get_ref()),
+                suggest::with_hint(message, r.upstream.get_ref(), names),
             );
         }
         out.push(Route {
@@ -410,23 +412,29 @@ fn size(c: &mut Checker<'_>, v: &Str, field: &str) -> Option<u64> {
 fn clients(
     c: &mut Checker<'_>,
     t: &BTreeMap<String, file::ClientToml>,
-    routes: &[Route],
+    (routes, upstreams): (&[Route], &[Upstream]),
     default_rate: Rate,
     env_vars: &Env,
 ) -> Vec<Client> {
     t.iter()
         .map(|(id, cl)| {
             let field = format!("clients.{id}");
+            let span = client_span(c, cl, id);
             if !keys::valid_client_id(id) {
                 c.error(
-                    cl.routes.span(),
+                    span.clone(),
                     &field,
                     format!("client id \"{id}\" may only hold letters, digits, '-', '_' and '.'"),
                 );
             }
+            if cl.routes.is_none() && cl.upstreams.is_none() {
+                c.error(span, &field, "grants nothing: give `routes`, `upstreams`, or both");
+            }
+            let grants = grants(c, cl, (routes, upstreams), &field);
             Client {
                 id: id.clone(),
-                allowed: allowed(c, &cl.routes, routes, &field),
+                allowed: grants.allowed(routes),
+                grants,
                 rate: cl.rate_limit.as_ref().map_or(default_rate, |r| rate(c, r, &format!("{field}.rate_limit"))),
                 keys: cl
                     .keys
@@ -440,28 +448,63 @@ fn clients(
         .collect()
 }
 
-fn allowed(c: &mut Checker<'_>, list: &Spanned<Vec<Str>>, routes: &[Route], field: &str) -> Allowed {
-    let field = format!("{field}.routes");
-    if list.get_ref().iter().any(|r| r.get_ref() == "*") {
-        if list.get_ref().len() > 1 {
-            c.error(list.span(), &field, "\"*\" stands alone: it already allows every route");
-        }
-        return Allowed::All;
+/// Where `[clients.<id>]` is written: its first grant, else its header.
+fn client_span(c: &Checker<'_>, cl: &file::ClientToml, id: &str) -> Range<usize> {
+    if let Some(list) = cl.routes.as_ref().or(cl.upstreams.as_ref()) {
+        return list.span();
     }
-    let mut indices: Vec<usize> = list
-        .get_ref()
-        .iter()
-        .filter_map(|r| {
-            let found = routes.iter().position(|route| route.name == *r.get_ref());
+    let header = format!("[clients.{id}]");
+    let start = c.src.and_then(|s| s.text.find(&header)).unwrap_or(0);
+    start..start
+}
+
+fn grants(
+    c: &mut Checker<'_>,
+    cl: &file::ClientToml,
+    (routes, upstreams): (&[Route], &[Upstream]),
+    field: &str,
+) -> Grants {
+    let mut grants = Grants::default();
+    if let Some(list) = &cl.routes {
+        let field = format!("{field}.routes");
+        if list.get_ref().iter().any(|r| r.get_ref() == "*") {
+            if list.get_ref().len() > 1 {
+                c.error(list.span(), &field, "\"*\" stands alone: it already allows every route");
+            }
+            grants.all = true;
+        }
+        let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        grants.routes = resolve(c, list.get_ref().iter().filter(|r| r.get_ref() != "*"), &names, "route", &field);
+    }
+    if let Some(list) = &cl.upstreams {
+        let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        grants.upstreams = resolve(c, list.get_ref().iter(), &names, "upstream", &format!("{field}.upstreams"));
+    }
+    grants
+}
+
+/// The sorted indices of `wanted` in `names`; each unknown name is an error
+/// with a "did you mean" when one is close.
+fn resolve<'w>(
+    c: &mut Checker<'_>,
+    wanted: impl Iterator<Item = &'w Str>,
+    names: &[&str],
+    kind: &str,
+    field: &str,
+) -> Vec<usize> {
+    let mut indices: Vec<usize> = wanted
+        .filter_map(|w| {
+            let found = names.iter().position(|n| *n == w.get_ref());
             if found.is_none() {
-                c.error(r.span(), &field, format!("unknown route \"{}\"", r.get_ref()));
+                let message = format!("unknown {kind} \"{}\"", w.get_ref());
+                c.error(w.span(), field, suggest::with_hint(message, w.get_ref(), names.iter().copied()));
             }
             found
         })
         .collect();
     indices.sort_unstable();
     indices.dedup();
-    Allowed::Only(indices)
+    indices
 }
 
 fn key(c: &mut Checker<'_>, k: &file::KeyToml, field: &str, env_vars: &Env) -> Option<Key> {
