@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use keygate::config::Rate;
-use keygate::proxy::rate_limit::{FailureThrottle, Limiter, LocalLimiter};
+use keygate::proxy::rate_limit::{Limiter, LocalLimiter};
+use keygate::proxy::throttle::FailureThrottle;
 
 /// A budget the benchmark never exhausts, so every check takes the allow path.
 const OPEN: Rate = Rate { per_second: 1e9, burst: 1_000_000_000 };

@@ -27,6 +27,22 @@ pub struct Record {
     pub status: u16,
     pub error: Option<&'static str>,
     pub bytes: u64,
+    /// The client address a trusted proxy named in `X-Forwarded-For`.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The TCP peer, when the client address came from a proxy.
+    pub peer: Option<SocketAddr>,
+}
+
+/// The client address as logged: the one a trusted proxy named, else the connection's.
+struct ClientAddr<'a>(&'a Record);
+
+impl std::fmt::Display for ClientAddr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.client_ip {
+            Some(ip) => ip.fmt(f),
+            None => self.0.remote.fmt(f),
+        }
+    }
 }
 
 const NONE: &str = "-";
@@ -48,7 +64,8 @@ impl Record {
         tracing::info!(
             target: "keygate::access",
             request_id = self.request_id.to_str().unwrap_or(NONE),
-            remote = %self.remote,
+            remote = %ClientAddr(&self),
+            peer = self.peer.map(tracing::field::display),
             client = name(&self.client),
             key = name(&self.key),
             method = %self.method,

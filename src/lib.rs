@@ -9,9 +9,10 @@
 //! 1. accept the connection, TLS handshake under a timeout — [`server`]
 //! 2. take the current configuration snapshot — [`state`] (an `ArcSwap`)
 //! 3. normalise the path, refuse ambiguous hosts — [`proxy::path`], [`proxy`]
-//! 4. refuse addresses with too many failed authentications — [`proxy::rate_limit`]
+//! 4. take the client address (PROXY header, `X-Forwarded-For` from trusted proxies) — [`server::proxy_protocol`], [`proxy::client_addr`]
 //! 5. find the credentials (header, `Authorization`, query) — [`proxy::auth`]
-//! 6. look the key's SHA-256 digest up; check its validity window — [`proxy::auth`], [`keys`]
+//! 6. look the key's SHA-256 digest up; check its validity window — [`proxy::auth`], [`keys`];
+//!    a failure is 401, or 429 once its address has failed too often — [`proxy::throttle`]
 //! 7. find the route (path prefix, method, host) — [`proxy::route`]
 //! 8. check the client may call it — [`state::ClientState::may_call`]
 //! 9. take one request from the client's budget — [`proxy::rate_limit`]

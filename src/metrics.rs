@@ -171,4 +171,19 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// Export the failed-authentication throttle's table size and evictions.
+    pub fn register_throttle(&mut self, throttle: &crate::proxy::throttle::FailureThrottle) {
+        let (entries, evictions) = throttle.metrics();
+        self.registry.register(
+            "failure_throttle_entries",
+            "Addresses tracked by the failed-authentication throttle",
+            entries,
+        );
+        self.registry.register(
+            "failure_throttle_evictions",
+            "Addresses evicted from the full failed-authentication throttle table",
+            evictions,
+        );
+    }
 }

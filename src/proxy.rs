@@ -1,8 +1,9 @@
-//! The request path: normalise → throttle → credentials → key → route →
-//! permission → rate limit → forward. Each step returns early with a
-//! [`Reject`]; the steps live in the modules below.
+//! The request path: normalise → credentials → key (a failure goes through
+//! the throttle) → route → permission → rate limit → forward. Each step
+//! returns early with a [`Reject`]; the steps live in the modules below.
 
 pub mod auth;
+pub mod client_addr;
 pub mod forward;
 pub mod framing;
 pub mod headers;
@@ -10,6 +11,7 @@ pub mod path;
 pub mod rate_limit;
 pub mod respond;
 pub mod route;
+pub mod throttle;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -27,23 +29,45 @@ use crate::access_log::Record;
 use crate::body::{RequestBody, ResponseBody};
 use crate::error::Reject;
 use crate::state::{ClientState, Shared, Snapshot};
+use client_addr::Remote;
 use rate_limit::Decision;
 
 /// What the listener knows about a connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
+    /// The connection's client address: a PROXY header's source, else the TCP peer.
     pub remote: SocketAddr,
     /// The remote address as the `X-Forwarded-For` value, made once per connection.
     pub remote_ip: HeaderValue,
     pub tls: bool,
     /// Subject of the verified client certificate (mTLS).
     pub subject: Option<Vec<(String, String)>>,
+    /// The TCP peer (a load balancer, when a PROXY header named `remote`).
+    pub peer: SocketAddr,
+    /// Whether `remote` is a trusted proxy, whose `X-Forwarded-For` is read.
+    pub trusted: bool,
 }
 
 impl ConnInfo {
     /// What the handler needs to know about a new connection.
-    pub fn new(remote: SocketAddr, tls: bool, subject: Option<Vec<(String, String)>>) -> ConnInfo {
-        ConnInfo { remote, remote_ip: ip_header(remote.ip()), tls, subject }
+    pub fn new(remote: impl Into<Remote>, tls: bool, subject: Option<Vec<(String, String)>>) -> ConnInfo {
+        let Remote { addr, peer, trusted } = remote.into();
+        ConnInfo { remote: addr, remote_ip: ip_header(addr.ip()), tls, subject, peer, trusted }
+    }
+
+    /// The client address of a request on this connection (see [`client_addr`]).
+    fn client_ip(&self, headers: &http::HeaderMap, listen: &crate::config::Listen) -> std::net::IpAddr {
+        match self.trusted {
+            true => client_addr::behind_proxy(headers, self.remote.ip(), &listen.trusted_proxies),
+            false => self.remote.ip(),
+        }
+    }
+
+    /// The `X-Forwarded-For` for the upstream: a trusted proxy's chain with
+    /// the proxy appended, else the connection's address alone.
+    fn forwarded_for(&self, headers: &http::HeaderMap) -> HeaderValue {
+        let chain = if self.trusted { client_addr::chain(headers, &self.remote_ip) } else { None };
+        chain.unwrap_or_else(|| self.remote_ip.clone())
     }
 }
 
@@ -95,6 +119,8 @@ pub async fn handle(
         status: 0,
         error: None,
         bytes: 0,
+        client_ip: None,
+        peer: None,
     });
     let response = match run(parts, body, &conn, &shared, &snap, &mut record).await {
         Ok(response) => response,
@@ -136,21 +162,17 @@ async fn run(
     let host = request_host(&parts).map_err(plain)?;
     let path = path::normalize(parts.uri.path()).map_err(|_| plain(Reject::BadRequest))?;
     let logging = crate::access_log::enabled();
+    let client_ip = conn.client_ip(&parts.headers, listen);
     if logging {
         // The query may hold the key until it is known where the key came from.
         record.target = path.to_string();
+        record.client_ip = conn.trusted.then_some(client_ip);
+        record.peer = (conn.trusted || conn.peer != conn.remote).then_some(conn.peer);
     }
     let auth = &snap.config.auth;
-    if let Some(retry_after) = shared.throttle.blocked(conn.remote.ip(), auth.max_failures_per_minute) {
-        count_failure(shared, "too_many_failures");
-        return Err(plain(Reject::TooManyFailures { retry_after }));
-    }
     let now = crate::keys::unix_now();
-    let (client, entry, key_in_authorization) = authenticate(&parts, snap, conn, now).map_err(|r| {
-        shared.throttle.record_failure(conn.remote.ip(), auth.max_failures_per_minute);
-        count_failure(shared, r.code());
-        plain(r)
-    })?;
+    let (client, entry, key_in_authorization) =
+        authenticate(&parts, snap, conn, now).map_err(|r| plain(failed(shared, client_ip, r, auth)))?;
     record.client = Some(client.id.clone());
     if logging {
         // The fingerprint is for the log line only (metrics count by client).
@@ -195,6 +217,20 @@ async fn run(
     let mut response = response.map(ResponseBody::upstream);
     respond::rate_limit_headers(response.headers_mut(), &decision);
     Ok(response)
+}
+
+/// A failed authentication: 401 and one failure counted, or 429 when the
+/// address has used its allowance (not counted: the block does not grow).
+/// Only failures get here, so a valid key is never throttled.
+fn failed(shared: &Shared, addr: std::net::IpAddr, reject: Reject, auth: &crate::config::Auth) -> Reject {
+    let per_minute = auth.max_failures_per_minute;
+    if let Some(retry_after) = shared.throttle.blocked(addr, per_minute) {
+        count_failure(shared, "too_many_failures");
+        return Reject::TooManyFailures { retry_after };
+    }
+    shared.throttle.record_failure(addr, per_minute);
+    count_failure(shared, reject.code());
+    reject
 }
 
 fn count_failure(shared: &Shared, reason: &'static str) {
@@ -304,12 +340,13 @@ fn prepare_headers(
 ) {
     let auth = &snap.config.auth;
     let owned = headers::Owned { key_header: &auth.header, identity_header: &auth.identity_header };
+    let forwarded_for = conn.forwarded_for(&parts.headers);
     // Room for what set_forwarded adds, so the map grows once, not per insert.
     parts.headers.reserve(6);
     headers::sanitize_request(&mut parts.headers, &owned, key_in_authorization);
     let forwarded = headers::Forwarded {
         client_id: &client.header_value,
-        remote_ip: conn.remote_ip.clone(),
+        remote_ip: forwarded_for,
         proto: if conn.tls { "https" } else { "http" },
         host,
         request_id,

@@ -12,8 +12,9 @@ use rustls::ServerConfig;
 use crate::config::{Allowed, Config, Rate};
 use crate::keys::{self, KeyEntry, KeyTable};
 use crate::metrics::{KeyLabels, Metrics, Name};
-use crate::proxy::rate_limit::{FailureThrottle, Limiter, LocalLimiter};
+use crate::proxy::rate_limit::{Limiter, LocalLimiter};
 use crate::proxy::route::Router;
+use crate::proxy::throttle::FailureThrottle;
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
 
@@ -194,12 +195,15 @@ pub struct Shared {
 impl Shared {
     /// Shared state serving `snapshot`.
     pub fn new(snapshot: Snapshot) -> Shared {
-        let metrics = Arc::new(Metrics::new());
+        let throttle = FailureThrottle::default();
+        let mut metrics = Metrics::new();
+        metrics.register_throttle(&throttle);
+        let metrics = Arc::new(metrics);
         snapshot.publish_key_metrics(&metrics);
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
-            throttle: FailureThrottle::default(),
+            throttle,
             request_ids: RequestIds::default(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),

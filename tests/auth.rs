@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const KEY: &str = "auth-test-key-0001";
+const KEY: &str = "auth-test-key-0001-5f3c9a7e2b6d4081";
 
 /// A gateway with one route `/` to `up` and the given client tables.
 fn gateway(up: SocketAddr, clients: &str, extra: &str) -> String {
@@ -324,7 +324,7 @@ async fn keys_never_appear_in_the_output() {
     let dir = tempdir();
     let path = dir.path().join("keygate.toml");
     let file_key = "file-key-7f3a9c21d4e8";
-    let env_key = "env-key-5b2e8d14c6a0";
+    let env_key = "env-key-5b2e8d14c6a0-9f1b3c7d5e2a4068";
     let wrong_key = "wrong-key-9e1c4a7b3f52";
     let extra = "[auth]\nquery_param = \"api_key\"\n[clients.ops]\nroutes = [\"*\"]\nkeys = [{ env = \"OPS_KEY\" }]\n";
     std::fs::write(&path, basic_config(up.addr, file_key, extra)).expect("write config");

@@ -146,7 +146,8 @@ fn check_names_the_table_missing_a_field() {
 #[test]
 fn check_validates_an_environment_only_config() {
     let dir = tempdir();
-    let env = [("KEYGATE_UPSTREAM", "http://127.0.0.1:9"), ("KEYGATE_KEY_BILLING", "k1")];
+    let env =
+        [("KEYGATE_UPSTREAM", "http://127.0.0.1:9"), ("KEYGATE_KEY_BILLING", "k1-0123456789abcdef0123456789abcdef")];
     let ok = keygate(&["check"], dir.path(), &env, b"");
     assert_eq!(ok.code, Some(0), "{}", ok.stderr);
     let bad = [env[0], env[1], ("KEYGATE_ROUTES_BILLING", "orders")];
@@ -183,7 +184,7 @@ fn check_names_a_malformed_hash() {
 
 #[test]
 fn check_names_a_duplicate_hash_across_clients() {
-    let h = hash("shared-key");
+    let h = hash("shared-key-0123456789abcdef0123456789");
     let ops = format!(
         "[clients.ops]\nroutes = [\"*\"]\nkeys = [\n  {{ hash = \"{}\" }},\n  {{ hash = \"{h}\" }},\n]\n",
         hash("ops-key")
@@ -198,10 +199,14 @@ fn check_names_a_duplicate_hash_across_clients() {
 
 #[test]
 fn check_names_the_variable_of_a_duplicate_env_key() {
-    let text = config(&billing(&hash("shared-key")));
-    let run = check(&text, &[("KEYGATE_KEY_OPS", "shared-key")]);
+    let text = config(&billing(&hash("shared-key-0123456789abcdef0123456789")));
+    let run = check(&text, &[("KEYGATE_KEY_OPS", "shared-key-0123456789abcdef0123456789")]);
     assert_config_error(&run, "KEYGATE_KEY_OPS: clients.ops: duplicate key: the same key is clients.billing.keys[0]");
-    assert!(!run.stderr.contains("shared-key"), "the plain key is never printed: {}", run.stderr);
+    assert!(
+        !run.stderr.contains("shared-key-0123456789abcdef0123456789"),
+        "the plain key is never printed: {}",
+        run.stderr
+    );
 }
 
 /// The `key:` and `hash:` lines of `keygen` output.

@@ -26,7 +26,7 @@ use support::*;
 use tokio::net::TcpStream;
 
 /// The plain key of client `billing` in every test here.
-pub const KEY: &str = "tls-test-key-5f0c";
+pub const KEY: &str = "tls-test-key-5f0c-0123456789abcdef01";
 
 /// keygate serving HTTPS with a certificate from `ca`, in front of a recording upstream.
 pub struct Tls {

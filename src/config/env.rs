@@ -31,6 +31,7 @@ pub(super) fn apply(c: &mut Checker<'_>, config: &mut Config, env: &Env, default
     tls(c, config, env);
     upstream(c, config, env);
     clients(c, config, env, default_rate);
+    proxies(c, config, env);
     unknown(c, env);
 }
 
@@ -44,6 +45,8 @@ const KNOWN: &[&str] = &[
     "KEYGATE_UPSTREAM",
     "KEYGATE_LOG",
     "KEYGATE_LOG_FORMAT",
+    "KEYGATE_TRUSTED_PROXIES",
+    "KEYGATE_PROXY_PROTOCOL",
 ];
 
 /// Variables keygate reads by prefix, followed by a client id.
@@ -141,6 +144,10 @@ fn clients(c: &mut Checker<'_>, config: &mut Config, env: &Env, default_rate: Ra
             bad(c, var, "is empty".into());
             continue;
         }
+        if let Some(problem) = short_key(var, plain) {
+            bad(c, var, problem);
+            continue;
+        }
         let grants = env_grants(c, config, env, suffix);
         let key = keys::digest(plain.as_bytes());
         let origin = super::KeyOrigin::Env(var.clone());
@@ -201,4 +208,48 @@ fn env_list(c: &mut Checker<'_>, var: &str, list: &str, names: &[&str], kind: &s
     indices.sort_unstable();
     indices.dedup();
     indices
+}
+
+/// The fewest characters a key given through the environment may have: a
+/// UUIDv4 has 36 (122 random bits), `keygen`'s keys more.
+pub const MIN_ENV_KEY_CHARS: usize = 32;
+
+/// Why the plain key in `var` is too weak to accept, if it is: guessing a
+/// short key must not be a matter of the failure throttle alone. The value
+/// itself is never part of the message.
+pub fn short_key(var: &str, plain: &str) -> Option<String> {
+    let chars = plain.chars().count();
+    (chars < MIN_ENV_KEY_CHARS).then(|| {
+        format!(
+            "environment variable {var} holds a key of {chars} characters; keys given through the \
+             environment must have at least {MIN_ENV_KEY_CHARS} (make one with `keygate keygen`)"
+        )
+    })
+}
+
+/// `KEYGATE_TRUSTED_PROXIES` (comma-separated networks, replacing the file's
+/// list) and `KEYGATE_PROXY_PROTOCOL` (`true`/`false`); then the PROXY
+/// protocol needs someone to trust.
+fn proxies(c: &mut Checker<'_>, config: &mut Config, env: &Env) {
+    if let Some(list) = env.get("KEYGATE_TRUSTED_PROXIES") {
+        let mut nets = Vec::new();
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            match super::parse_network(entry) {
+                Ok(net) => nets.push(net),
+                Err(e) => bad(c, "KEYGATE_TRUSTED_PROXIES", e),
+            }
+        }
+        config.listen.trusted_proxies = super::TrustedProxies(nets);
+    }
+    match env.get("KEYGATE_PROXY_PROTOCOL").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") => {}
+        Some("true" | "1" | "yes" | "on") => config.listen.proxy_protocol = true,
+        Some("false" | "0" | "no" | "off") => config.listen.proxy_protocol = false,
+        Some(_) => bad(c, "KEYGATE_PROXY_PROTOCOL", "must be true or false".into()),
+    }
+    if config.listen.proxy_protocol && config.listen.trusted_proxies.is_empty() {
+        let msg =
+            "is on, but listen.trusted_proxies (KEYGATE_TRUSTED_PROXIES) is empty: every connection would be refused";
+        c.push(super::Origin::None, "listen.proxy_protocol", msg);
+    }
 }

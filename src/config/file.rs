@@ -44,6 +44,8 @@ pub struct ListenToml {
     pub max_headers: Option<Spanned<i64>>,
     pub max_concurrent_streams: Option<Spanned<i64>>,
     pub tls: Option<TlsToml>,
+    pub trusted_proxies: Option<Vec<Str>>,
+    pub proxy_protocol: Option<Spanned<bool>>,
 }
 
 /// `[listen.tls]`: certificate files, and a CA for client certificates.

@@ -72,6 +72,10 @@ pub struct Listen {
     pub max_headers: usize,
     pub max_concurrent_streams: u32,
     pub tls: Option<TlsFiles>,
+    /// Peers whose `X-Forwarded-For` (and PROXY header) name the client.
+    pub trusted_proxies: TrustedProxies,
+    /// Every connection starts with a PROXY protocol header (from a trusted peer).
+    pub proxy_protocol: bool,
 }
 
 /// Certificate files of the listener.
@@ -236,6 +240,39 @@ fn parse_error(source: &error::Source<'_>, e: &toml::de::Error) -> ConfigError {
     let field = error::field_path_at(source.text, span.start);
     let message = e.message().trim().replace('\n', " ");
     ConfigError::single(source.origin(span), field, message)
+}
+
+/// Networks of trusted proxies: load balancers whose `X-Forwarded-For` and
+/// PROXY protocol headers are believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Whether `ip` (IPv4-mapped IPv6 as IPv4) is a trusted proxy.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Whether no proxy is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One `trusted_proxies` entry: a CIDR (`10.0.0.0/8`) or a single address.
+/// Host bits set under the prefix (`10.0.0.1/8`) are refused as a likely typo.
+pub fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip.to_canonical()));
+    }
+    let net: ipnet::IpNet =
+        s.parse().map_err(|_| format!("\"{s}\" is not a network like \"10.0.0.0/8\" or an address"))?;
+    if net.trunc() != net {
+        return Err(format!("\"{s}\" has host bits set: did you mean \"{}\"?", net.trunc()));
+    }
+    Ok(net)
 }
 
 #[cfg(test)]

@@ -106,6 +106,8 @@ impl Listen {
             max_headers: 100,
             max_concurrent_streams: 100,
             tls: None,
+            trusted_proxies: super::TrustedProxies::default(),
+            proxy_protocol: false,
         }
     }
 }
@@ -151,6 +153,8 @@ fn listen(c: &mut Checker<'_>, t: &file::ListenToml, tls_overridden: bool) -> Op
         .try_into()
         .unwrap_or(u32::MAX),
         tls,
+        trusted_proxies: trusted_proxies(c, t.trusted_proxies.as_deref().unwrap_or_default()),
+        proxy_protocol: t.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
     })
 }
 
@@ -509,7 +513,12 @@ fn key(c: &mut Checker<'_>, k: &file::KeyToml, field: &str, env_vars: &Env) -> O
             keys::parse_hash(h.get_ref()).map_err(|e| c.error(h.span(), &format!("{field}.hash"), e)).ok()
         }
         (None, Some(var)) => match env_vars.get(var.get_ref()).filter(|v| !v.is_empty()) {
-            Some(plain) => Some(keys::digest(plain.as_bytes())),
+            Some(plain) => {
+                if let Some(problem) = env::short_key(var.get_ref(), plain) {
+                    c.error(var.span(), &format!("{field}.env"), problem);
+                }
+                Some(keys::digest(plain.as_bytes()))
+            }
             None => {
                 c.error(
                     var.span(),
@@ -604,4 +613,16 @@ fn duplicate_digests(c: &mut Checker<'_>, config: &Config) {
             }
         }
     }
+}
+
+/// `listen.trusted_proxies`: every entry a network or an address.
+fn trusted_proxies(c: &mut Checker<'_>, list: &[Str]) -> super::TrustedProxies {
+    let mut nets = Vec::new();
+    for (i, entry) in list.iter().enumerate() {
+        match super::parse_network(entry.get_ref()) {
+            Ok(net) => nets.push(net),
+            Err(e) => c.error(entry.span(), &format!("listen.trusted_proxies[{i}]"), e),
+        }
+    }
+    super::TrustedProxies(nets)
 }

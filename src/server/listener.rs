@@ -87,10 +87,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     }
 }
 
-async fn connection(tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, drain: Drain) {
+async fn connection(mut tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, drain: Drain) {
     let _ = tcp.set_nodelay(true);
     let snap = shared.snapshot.load_full();
     let listen = &snap.config.listen;
+    let Some(remote) = super::proxy_protocol::accept(&mut tcp, remote, listen).await else { return };
     match snap.tls.clone() {
         None => {
             let info = ConnInfo::new(remote, false, None);

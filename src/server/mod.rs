@@ -2,6 +2,7 @@
 
 pub mod idle;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod tls;
 
 pub use listener::serve;
