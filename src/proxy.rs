@@ -10,6 +10,7 @@ pub mod path;
 pub mod rate_limit;
 pub mod respond;
 pub mod route;
+pub mod tunnel;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -30,7 +31,7 @@ use crate::state::{ClientState, Shared, Snapshot};
 use rate_limit::Decision;
 
 /// What the listener knows about a connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The remote address as the `X-Forwarded-For` value, made once per connection.
@@ -38,12 +39,19 @@ pub struct ConnInfo {
     pub tls: bool,
     /// Subject of the verified client certificate (mTLS).
     pub subject: Option<Vec<(String, String)>>,
+    /// The connection's slot: a tunnel keeps it by keeping this `ConnInfo`.
+    pub slot: Option<tunnel::Slot>,
 }
 
 impl ConnInfo {
     /// What the handler needs to know about a new connection.
     pub fn new(remote: SocketAddr, tls: bool, subject: Option<Vec<(String, String)>>) -> ConnInfo {
-        ConnInfo { remote, remote_ip: ip_header(remote.ip()), tls, subject }
+        ConnInfo { remote, remote_ip: ip_header(remote.ip()), tls, subject, slot: None }
+    }
+
+    /// This connection holds `slot` (and so does a tunnel it becomes).
+    pub fn holding(self, slot: tunnel::Slot) -> ConnInfo {
+        ConnInfo { slot: Some(slot), ..self }
     }
 }
 
@@ -124,7 +132,7 @@ type Outcome = Result<Response<ResponseBody>, (Reject, Option<Decision>)>;
 async fn run(
     mut parts: Parts,
     body: Incoming,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     shared: &Shared,
     snap: &Snapshot,
     record: &mut Record,
@@ -180,13 +188,15 @@ async fn run(
     let upstream = snap.upstreams.get(route.upstream).ok_or(with_limit(Reject::BadGateway))?;
     record.upstream = Some(crate::metrics::Name(upstream.name.clone()));
     let server = upstream.pick().ok_or(with_limit(Reject::BadGateway))?;
-    let pq = path_and_query(&parts, &path, query.as_deref()).map_err(with_limit)?;
-    parts.uri = forward::upstream_uri(pq);
     let upgrade =
         forward::wants_websocket(&parts).then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
+    let tunnel = upgrade.map(|u| open_tunnel(u, &parts, shared, snap, conn, entry, route_index)).transpose();
+    let tunnel = tunnel.map_err(with_limit)?;
+    let pq = path_and_query(&parts, &path, query.as_deref()).map_err(with_limit)?;
+    parts.uri = forward::upstream_uri(pq);
     prepare_headers(&mut parts, snap, client, conn, key_in_authorization, host.as_ref(), &record.request_id);
     let body = RequestBody::new(body, route.max_body, snap.config.listen.body_timeout);
-    let response = forward::send(upstream, server, parts, body, upgrade).await.map_err(|f| {
+    let response = forward::send(upstream, server, parts, body, tunnel).await.map_err(|f| {
         let labels = crate::metrics::UpstreamLabels { upstream: crate::metrics::Name(upstream.name.clone()), kind: f.kind() };
         shared.metrics.upstream_errors.get_or_create(&labels).inc();
         tracing::warn!(request_id = ?record.request_id, upstream = %upstream.name, kind = f.kind(), "upstream request failed");
@@ -195,6 +205,33 @@ async fn run(
     let mut response = response.map(ResponseBody::upstream);
     respond::rate_limit_headers(response.headers_mut(), &decision);
     Ok(response)
+}
+
+/// A WebSocket upgrade becomes a tunnel, registered under its credential;
+/// refused when the client holds `listen.max_tunnels_per_client` already.
+fn open_tunnel(
+    upgrade: hyper::upgrade::OnUpgrade,
+    parts: &Parts,
+    shared: &Shared,
+    snap: &Snapshot,
+    conn: &Arc<ConnInfo>,
+    entry: crate::keys::KeyEntry,
+    route: usize,
+) -> Result<tunnel::Tunnel, Reject> {
+    let (Some(client), Some(route)) = (snap.clients.get(entry.client as usize), snap.route_names.get(route)) else {
+        return Err(Reject::BadGateway);
+    };
+    // Extracted again (only for upgrades): the digest identifies the key on reload.
+    let presented = auth::extract(&parts.headers, parts.uri.query(), &snap.config.auth)?;
+    let credential = tunnel::Credential {
+        client: client.id.clone(),
+        key: crate::keys::digest(&presented.key),
+        route: route.clone(),
+    };
+    let listen = &snap.config.listen;
+    let ticket = shared.tunnels.open(credential, listen.max_tunnels_per_client).ok_or(Reject::TooManyTunnels)?;
+    let limits = (listen.tunnel_idle_timeout, listen.tunnel_max_lifetime);
+    Ok(tunnel::Tunnel::new(upgrade, ticket, limits, entry.expires, conn.clone()))
 }
 
 fn count_failure(shared: &Shared, reason: &'static str) {

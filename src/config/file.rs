@@ -44,6 +44,9 @@ pub struct ListenToml {
     pub max_headers: Option<Spanned<i64>>,
     pub max_concurrent_streams: Option<Spanned<i64>>,
     pub tls: Option<TlsToml>,
+    pub tunnel_idle_timeout: Option<Str>,
+    pub tunnel_max_lifetime: Option<Str>,
+    pub max_tunnels_per_client: Option<Spanned<i64>>,
 }
 
 /// `[listen.tls]`: certificate files, and a CA for client certificates.
