@@ -1,11 +1,14 @@
 //! Failed accepts. Running out of file descriptors (or kernel memory) is an
-//! episode to wait out: the loop backs off, growing from 10 ms to 1 s, logs
-//! the episode's start and end once each, counts every failure, and resumes
-//! when an accept succeeds. An error that concerns one connection only (it
-//! was reset before it was taken) is counted and passed over at once.
+//! episode to wait out: the loop backs off, growing from 10 ms to 1 s, and
+//! tries again; a success resets the wait. Every failure is counted; the
+//! episode is logged once when it starts and once when it ends, which is
+//! when accepts have gone [`QUIET`] without a failure (descriptors freed one
+//! at a time would otherwise make every other accept a new episode). An
+//! error that concerns one connection only (it was reset before it was
+//! taken) is counted and passed over at once.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,6 +17,8 @@ use crate::metrics::ReasonLabels;
 
 const FIRST: Duration = Duration::from_millis(10);
 const MAX: Duration = Duration::from_secs(1);
+/// Accepts without a failure for this long end an episode.
+pub const QUIET: Duration = Duration::from_secs(2);
 
 /// EMFILE and ENFILE: the same numbers on Linux, the BSDs and macOS.
 const EMFILE: i32 = 24;
@@ -39,8 +44,10 @@ pub fn next_wait(previous: Option<Duration>) -> Duration {
 #[derive(Debug)]
 pub struct Failures {
     counter: Family<ReasonLabels, Counter>,
-    /// The current wait, while an episode lasts.
+    /// The wait after the last failure, reset by a success.
     wait: Option<Duration>,
+    /// The last failure of the current episode, while one lasts.
+    last: Option<Instant>,
     /// Failures in the current episode.
     count: u64,
 }
@@ -48,32 +55,41 @@ pub struct Failures {
 impl Failures {
     /// No failures yet; each is counted in `counter`.
     pub fn new(counter: &Family<ReasonLabels, Counter>) -> Failures {
-        Failures { counter: counter.clone(), wait: None, count: 0 }
+        Failures { counter: counter.clone(), wait: None, last: None, count: 0 }
     }
 
-    /// An accept failed with `e`: how long to wait before the next one, if at all.
-    pub fn failed(&mut self, e: &io::Error) -> Option<Duration> {
+    /// An accept failed with `e` at `now`: how long to wait before the next one, if at all.
+    pub fn failed(&mut self, e: &io::Error, now: Instant) -> Option<Duration> {
         let reason = reason(e);
         self.counter.get_or_create(&ReasonLabels { reason }).inc();
         if reason == "connection" {
             tracing::debug!(error = %e, "accept failed for one connection");
             return None;
         }
-        if self.wait.is_none() {
+        if self.last.is_none() {
             tracing::warn!(error = %e, reason, "accept failed: backing off until descriptors are free (logged once)");
         }
+        self.last = Some(now);
         self.count += 1;
         let wait = next_wait(self.wait);
         self.wait = Some(wait);
         Some(wait)
     }
 
-    /// An accept succeeded: an episode of failures, if any, is over.
+    /// An accept succeeded: the wait starts short again, and an episode
+    /// with no failure for [`QUIET`] is over.
     pub fn accepted(&mut self) {
-        if self.wait.take().is_some() {
+        let Some(last) = self.last else { return };
+        self.wait = None;
+        if last.elapsed() >= QUIET {
             tracing::warn!(failures = self.count, "accepting connections again");
-            self.count = 0;
+            (self.last, self.count) = (None, 0);
         }
+    }
+
+    /// Whether an episode is on.
+    pub fn in_episode(&self) -> bool {
+        self.last.is_some()
     }
 }
 
@@ -108,16 +124,22 @@ mod tests {
     }
 
     #[test]
-    fn an_episode_backs_off_and_ends_at_the_next_accept() {
+    fn an_episode_backs_off_and_ends_after_a_quiet_spell() {
         let counter = Family::default();
         let mut f = Failures::new(&counter);
         let emfile = io::Error::from_raw_os_error(EMFILE);
-        assert_eq!(f.failed(&emfile), Some(FIRST));
-        assert_eq!(f.failed(&emfile), Some(FIRST * 2));
-        assert_eq!(f.failed(&io::Error::from(io::ErrorKind::ConnectionAborted)), None);
+        let now = Instant::now();
+        assert_eq!(f.failed(&emfile, now), Some(FIRST));
+        assert_eq!(f.failed(&emfile, now), Some(FIRST * 2));
+        assert_eq!(f.failed(&io::Error::from(io::ErrorKind::ConnectionAborted), now), None);
         f.accepted();
-        assert_eq!(f.failed(&emfile), Some(FIRST), "a new episode starts short");
+        assert!(f.in_episode(), "one success right after a failure does not end the episode");
+        assert_eq!(f.failed(&emfile, now), Some(FIRST), "but the wait starts short again");
+        let Some(long_ago) = now.checked_sub(QUIET) else { return };
+        f.failed(&emfile, long_ago);
+        f.accepted();
+        assert!(!f.in_episode());
         let n = |reason| counter.get_or_create(&ReasonLabels { reason }).get();
-        assert_eq!((n("fd_exhausted"), n("connection")), (3, 1));
+        assert_eq!((n("fd_exhausted"), n("connection")), (4, 1));
     }
 }

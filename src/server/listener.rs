@@ -61,7 +61,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: wait, keep serving the rest.
-                    if let Some(wait) = failures.failed(&e) {
+                    if let Some(wait) = failures.failed(&e, std::time::Instant::now()) {
                         tokio::select! {
                             _ = &mut shutdown => break,
                             _ = tokio::time::sleep(wait) => {}
