@@ -385,3 +385,30 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     assert!(ended.await, "the episode's end was not logged");
     assert_eq!(kg.log_lines("backing off"), 1);
 }
+
+#[tokio::test]
+async fn revoked_key_gets_401_on_an_open_http2_connection() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let up = Upstream::start().await;
+    let base = config(up.addr, "", "\"chat\", \"all\"");
+    let kg = Keygate::start(&base).await;
+    let tcp = TcpStream::connect(kg.addr).await.expect("connect");
+    let handshake = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp));
+    let (mut h2, conn) = tokio::time::timeout(LIMIT, handshake).await.expect("in time").expect("HTTP/2");
+    let driven = tokio::spawn(conn);
+    let request = || {
+        let req = http::Request::get(format!("http://{}/h2", kg.addr)).header("x-api-key", ALICE);
+        req.body(Empty::<bytes::Bytes>::new()).expect("request")
+    };
+    let status = |r: Result<http::Response<_>, hyper::Error>| r.map(|r| r.status().as_u16()).ok();
+    assert_eq!(status(h2.send_request(request()).await), Some(200));
+    std::fs::write(&kg.config_path, base.replace(&hash(ALICE), &hash("tunnels-alice-new-key-0123456789abcdef")))
+        .expect("write config");
+    let shared = kg.handle.as_ref().expect("running").shared.clone();
+    assert!(keygate::reload::reload(&shared, Some(&kg.config_path)));
+    // The same connection: each stream is authenticated against the snapshot of its own time.
+    assert_eq!(status(h2.send_request(request()).await), Some(401));
+    assert!(!driven.is_finished(), "the connection was not kept");
+    kg.stop().await;
+}

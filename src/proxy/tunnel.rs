@@ -8,7 +8,7 @@
 //! first, and when a reload takes its credential away ([`Tunnels::close_unless`]).
 //! A client holds at most `listen.max_tunnels_per_client` at once.
 //!
-//! Nothing here runs per byte but two relaxed atomic stores and a clock read
+//! Nothing here runs per byte but a clock read and a relaxed atomic store
 //! per read or write: the deadlines are checked when their timer rings.
 
 use std::collections::HashMap;
