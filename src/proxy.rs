@@ -227,6 +227,7 @@ fn open_tunnel(
         client: client.id.clone(),
         key: crate::keys::digest(&presented.key),
         route: route.clone(),
+        subject: conn.subject.clone(),
     };
     let listen = &snap.config.listen;
     let ticket = shared.tunnels.open(credential, listen.max_tunnels_per_client).ok_or(Reject::TooManyTunnels)?;

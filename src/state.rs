@@ -119,13 +119,15 @@ impl Snapshot {
     }
 
     /// Whether a tunnel opened with `c` may stay open: its key still belongs
-    /// to the same client and is valid at `now`, and that client may still
-    /// call the route of that name.
+    /// to the same client and is valid at `now`, that client may still call
+    /// the route of that name, and its certificate binding (mTLS) still holds.
     pub fn allows_tunnel(&self, c: &Credential, now: i64) -> bool {
         let Some(entry) = self.keys.get(&c.key) else { return false };
         let Some(client) = self.clients.get(entry.client as usize) else { return false };
         let route = self.route_names.iter().position(|r| *r == c.route);
-        client.id == c.client && entry.valid_at(now) && route.is_some_and(|i| client.may_call(i))
+        let bound = client.tls_subjects.is_empty()
+            || c.subject.as_ref().is_some_and(|s| client.tls_subjects.iter().any(|p| tls::subject_matches(s, p)));
+        client.id == c.client && entry.valid_at(now) && route.is_some_and(|i| client.may_call(i)) && bound
     }
 
     /// Each key's client and fingerprint, with its expiry.

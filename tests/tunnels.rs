@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use support::ops::{eventually, until_status};
 use support::*;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -83,7 +84,7 @@ async fn open(addr: SocketAddr, key: &str) -> Result<Ws, WsError> {
 }
 
 /// A message goes through and comes back.
-async fn echoes(ws: &mut Ws, text: &str) -> bool {
+async fn echoes<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, text: &str) -> bool {
     if ws.send(Message::text(text)).await.is_err() {
         return false;
     }
@@ -91,7 +92,10 @@ async fn echoes(ws: &mut Ws, text: &str) -> bool {
 }
 
 /// Wait (at most `limit`) until the tunnel is closed under the caller; how long it took.
-async fn closed_within(ws: &mut Ws, limit: Duration) -> Option<Duration> {
+async fn closed_within<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    limit: Duration,
+) -> Option<Duration> {
     let start = Instant::now();
     let closed = async {
         loop {
@@ -410,5 +414,34 @@ async fn revoked_key_gets_401_on_an_open_http2_connection() {
     // The same connection: each stream is authenticated against the snapshot of its own time.
     assert_eq!(status(h2.send_request(request()).await), Some(401));
     assert!(!driven.is_finished(), "the connection was not kept");
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn reload_that_changes_the_certificate_binding_closes_the_tunnel() {
+    use support::tls::{client_config, listen_tls, Ca, Offer};
+    let up = Upstream::start().await;
+    let certs = tempdir();
+    let ca = Ca::new("tunnels test CA");
+    let ca_path = ca.write(certs.path(), "ca.pem");
+    let (cert, key) = ca.server().write(certs.path(), "server");
+    let alice_cert = ca.client("alice");
+    let base = config(up.addr, "", "\"chat\", \"all\"")
+        .replace("[admin]", &format!("{}\n[admin]", listen_tls(&cert, &key, Some(&ca_path))))
+        .replace("[clients.alice]\n", "[clients.alice]\ntls_subjects = [\"CN=alice\"]\n");
+    let kg = Keygate::start(&base).await;
+    let tls = client_config(&ca.der(), Offer { cert: Some(&alice_cert), alpn: &["http/1.1"], ..Offer::default() });
+    let tcp = TcpStream::connect(kg.addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.expect("TLS handshake");
+    let mut req = format!("wss://localhost:{}/ws", kg.addr.port()).into_client_request().expect("request");
+    req.headers_mut().insert("x-api-key", ALICE.parse().expect("value"));
+    let opened = tokio::time::timeout(LIMIT, tokio_tungstenite::client_async(req, stream)).await.expect("in time");
+    let (mut ws, _) = opened.expect("alice's tunnel over mTLS");
+    assert!(echoes(&mut ws, "bound").await);
+    std::fs::write(&kg.config_path, base.replace("CN=alice\"", "CN=alice-batch\"")).expect("write config");
+    let shared = kg.handle.as_ref().expect("running").shared.clone();
+    assert!(keygate::reload::reload(&shared, Some(&kg.config_path)));
+    assert!(closed_within(&mut ws, LIMIT).await.is_some(), "the tunnel survived a binding it no longer meets");
     kg.stop().await;
 }

@@ -55,6 +55,8 @@ pub struct Credential {
     /// The SHA-256 digest of the key (never the key).
     pub key: [u8; 32],
     pub route: Name,
+    /// The caller's certificate subject (mTLS), for clients bound to one.
+    pub subject: Option<Vec<(String, String)>>,
 }
 
 /// Why a tunnel ended: the `reason` label of `keygate_tunnels_closed_total`.
@@ -456,7 +458,7 @@ mod tests {
     }
 
     fn credential(client: &str, route: &str) -> Credential {
-        Credential { client: Name::new(client), key: [client.len() as u8; 32], route: Name::new(route) }
+        Credential { client: Name::new(client), key: [client.len() as u8; 32], route: Name::new(route), subject: None }
     }
 
     #[test]
