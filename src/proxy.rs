@@ -230,7 +230,14 @@ fn open_tunnel(
         subject: conn.subject.clone(),
     };
     let listen = &snap.config.listen;
+    let check = credential.clone();
     let ticket = shared.tunnels.open(credential, listen.max_tunnels_per_client).ok_or(Reject::TooManyTunnels)?;
+    // A reload that swept the tunnels between this request's snapshot and
+    // the registration did not see this one: check it against the new one.
+    let current = shared.snapshot.load();
+    if !std::ptr::eq(&**current, snap) && !current.allows_tunnel(&check, crate::keys::unix_now()) {
+        return Err(Reject::InvalidKey);
+    }
     let limits = (listen.tunnel_idle_timeout, listen.tunnel_max_lifetime);
     Ok(tunnel::Tunnel::new(upgrade, ticket, limits, entry.expires, conn.clone()))
 }
