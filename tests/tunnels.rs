@@ -179,14 +179,20 @@ async fn idle_tunnel_is_closed_and_a_talking_one_is_not() {
     let mut silent = open(kg.addr, ALICE).await.expect("tunnel");
     assert!(echoes(&mut silent, "one message, then nothing").await);
     let quiet_since = Instant::now();
-    // Bytes every 100 ms keep a tunnel open past three idle timeouts.
-    while quiet_since.elapsed() < Duration::from_millis(900) {
-        assert!(echoes(&mut talking, "keep-alive").await, "a talking tunnel was closed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let after = closed_within(&mut silent, LIMIT).await.map(|d| d + Duration::from_millis(900));
-    let after = after.expect("the idle tunnel was not closed");
-    assert!(after >= Duration::from_millis(300), "closed before its idle timeout: {after:?}");
+    // Bytes every 100 ms keep a tunnel open past three idle timeouts, while
+    // the silent one is closed after one.
+    let talk = async {
+        while quiet_since.elapsed() < Duration::from_millis(900) {
+            assert!(echoes(&mut talking, "keep-alive").await, "a talking tunnel was closed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // Measured from the silent tunnel's last byte (closed_within starts at once).
+    let (closed, ()) = tokio::join!(closed_within(&mut silent, LIMIT), talk);
+    let after = closed.expect("the idle tunnel was not closed");
+    // keygate saw the last byte a little before the test did.
+    assert!(after >= Duration::from_millis(200), "closed before its idle timeout: {after:?}");
+    assert!(after < Duration::from_millis(900), "closed late: {after:?}");
     assert!(until(LIMIT, || async { closed_count(&kg, "idle").await == Some(1.0) }).await);
     assert!(echoes(&mut talking, "still open").await);
     drop(talking);
