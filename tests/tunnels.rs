@@ -451,3 +451,26 @@ async fn reload_that_changes_the_certificate_binding_closes_the_tunnel() {
     assert!(closed_within(&mut ws, LIMIT).await.is_some(), "the tunnel survived a binding it no longer meets");
     kg.stop().await;
 }
+
+#[test]
+fn check_refuses_bad_tunnel_limits_naming_file_line_and_field() {
+    let up: SocketAddr = "127.0.0.1:9".parse().expect("address");
+    let cases = [
+        ("tunnel_idle_timeout = \"0s\"", "listen.tunnel_idle_timeout"),
+        ("tunnel_idle_timeout = \"soon\"", "listen.tunnel_idle_timeout"),
+        ("tunnel_max_lifetime = \"0ms\"", "listen.tunnel_max_lifetime"),
+        ("max_tunnels_per_client = 0", "listen.max_tunnels_per_client"),
+        ("max_tunnels_per_client = -3", "listen.max_tunnels_per_client"),
+    ];
+    for (line, field) in cases {
+        let text = config(up, line, "\"chat\"");
+        let path = Path::new("keygate.toml");
+        let err = keygate::config::load_str(&text, path, &Default::default()).expect_err(line).to_string();
+        assert!(err.contains("keygate.toml:4:") && err.contains(field), "{line}: {err}");
+    }
+    let text = config(up, "tunnel_max_lifetime = \"24h\"\nmax_tunnels_per_client = 3", "\"chat\"");
+    let listen = keygate::config::load_str(&text, Path::new("k.toml"), &Default::default()).expect("valid").listen;
+    assert_eq!(listen.tunnel_max_lifetime, Duration::from_secs(86_400));
+    assert_eq!(listen.max_tunnels_per_client, 3);
+    assert_eq!(listen.tunnel_idle_timeout, listen.idle_timeout, "the idle default follows idle_timeout");
+}
