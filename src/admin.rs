@@ -23,7 +23,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
-                Err(_) => continue,
+                Err(_) => {
+                    // Out of file descriptors: wait rather than spin (the proxy listener logs and counts).
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             },
         };
         let shared = shared.clone();

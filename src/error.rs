@@ -10,12 +10,18 @@ pub enum Reject {
     InvalidKey,
     NoRoute,
     Forbidden,
-    RateLimited { retry_after: u64 },
-    TooManyFailures { retry_after: u64 },
+    RateLimited {
+        retry_after: u64,
+    },
+    TooManyFailures {
+        retry_after: u64,
+    },
     BadRequest,
     HeadersTooLarge,
     PayloadTooLarge,
     RequestTimeout,
+    /// The client already holds `listen.max_tunnels_per_client` tunnels.
+    TooManyTunnels,
     // Upstream: the service behind keygate.
     BadGateway,
     GatewayTimeout,
@@ -42,6 +48,9 @@ impl Reject {
             }
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Request body too large"),
             RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout", "Request body not received in time"),
+            TooManyTunnels => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_tunnels", "Too many open tunnels for this client")
+            }
             BadGateway => (StatusCode::BAD_GATEWAY, "bad_gateway", "Upstream unavailable"),
             GatewayTimeout => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", "Upstream timed out"),
         }

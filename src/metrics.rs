@@ -87,6 +87,11 @@ pub struct Metrics {
     /// HTTP/1 keep-alive connections that hold no buffers).
     pub connections: Gauge<i64, AtomicI64>,
     pub parked_connections: Gauge<i64, AtomicI64>,
+    /// Tunnels (upgraded connections) open now, and how those that ended ended.
+    pub tunnels: Gauge<i64, AtomicI64>,
+    pub tunnels_closed: Family<ReasonLabels, Counter>,
+    /// Failed `accept` calls on the proxy listener, by reason.
+    pub accept_errors: Family<ReasonLabels, Counter>,
 }
 
 /// Holds a gauge one higher for as long as it lives.
@@ -134,6 +139,9 @@ impl Metrics {
             start_time: Gauge::default(),
             connections: Gauge::default(),
             parked_connections: Gauge::default(),
+            tunnels: Gauge::default(),
+            tunnels_closed: Family::default(),
+            accept_errors: Family::default(),
             registry: Registry::default(),
             none: Name::new("-"),
         };
@@ -161,6 +169,9 @@ impl Metrics {
             "Idle HTTP/1 keep-alive connections parked without buffers",
             m.parked_connections.clone(),
         );
+        registry.register("tunnels", "Tunnels (upgraded connections) open", m.tunnels.clone());
+        registry.register("tunnels_closed", "Tunnels ended, by reason", m.tunnels_closed.clone());
+        registry.register("accept_errors", "Failed accepts on the proxy listener, by reason", m.accept_errors.clone());
         Metrics { registry, ..m }
     }
 

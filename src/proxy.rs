@@ -12,6 +12,7 @@ pub mod rate_limit;
 pub mod respond;
 pub mod route;
 pub mod throttle;
+pub mod tunnel;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -33,7 +34,7 @@ use client_addr::Remote;
 use rate_limit::Decision;
 
 /// What the listener knows about a connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     /// The connection's client address: a PROXY header's source, else the TCP peer.
     pub remote: SocketAddr,
@@ -46,13 +47,15 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Whether `remote` is a trusted proxy, whose `X-Forwarded-For` is read.
     pub trusted: bool,
+    /// The connection's slot: a tunnel keeps it by keeping this `ConnInfo`.
+    pub slot: Option<tunnel::Slot>,
 }
 
 impl ConnInfo {
     /// What the handler needs to know about a new connection.
     pub fn new(remote: impl Into<Remote>, tls: bool, subject: Option<Vec<(String, String)>>) -> ConnInfo {
         let Remote { addr, peer, trusted } = remote.into();
-        ConnInfo { remote: addr, remote_ip: ip_header(addr.ip()), tls, subject, peer, trusted }
+        ConnInfo { remote: addr, remote_ip: ip_header(addr.ip()), tls, subject, peer, trusted, slot: None }
     }
 
     /// The client address of a request on this connection (see [`client_addr`]).
@@ -68,6 +71,11 @@ impl ConnInfo {
     fn forwarded_for(&self, headers: &http::HeaderMap) -> HeaderValue {
         let chain = if self.trusted { client_addr::chain(headers, &self.remote_ip) } else { None };
         chain.unwrap_or_else(|| self.remote_ip.clone())
+    }
+
+    /// This connection holds `slot` (and so does a tunnel it becomes).
+    pub fn holding(self, slot: tunnel::Slot) -> ConnInfo {
+        ConnInfo { slot: Some(slot), ..self }
     }
 }
 
@@ -150,7 +158,7 @@ type Outcome = Result<Response<ResponseBody>, (Reject, Option<Decision>)>;
 async fn run(
     mut parts: Parts,
     body: Incoming,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     shared: &Shared,
     snap: &Snapshot,
     record: &mut Record,
@@ -202,13 +210,15 @@ async fn run(
     let upstream = snap.upstreams.get(route.upstream).ok_or(with_limit(Reject::BadGateway))?;
     record.upstream = Some(crate::metrics::Name(upstream.name.clone()));
     let server = upstream.pick().ok_or(with_limit(Reject::BadGateway))?;
-    let pq = path_and_query(&parts, &path, query.as_deref()).map_err(with_limit)?;
-    parts.uri = forward::upstream_uri(pq);
     let upgrade =
         forward::wants_websocket(&parts).then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
+    let tunnel = upgrade.map(|u| open_tunnel(u, &parts, shared, snap, conn, entry, route_index)).transpose();
+    let tunnel = tunnel.map_err(with_limit)?;
+    let pq = path_and_query(&parts, &path, query.as_deref()).map_err(with_limit)?;
+    parts.uri = forward::upstream_uri(pq);
     prepare_headers(&mut parts, snap, client, conn, key_in_authorization, host.as_ref(), &record.request_id);
     let body = RequestBody::new(body, route.max_body, snap.config.listen.body_timeout);
-    let response = forward::send(upstream, server, parts, body, upgrade).await.map_err(|f| {
+    let response = forward::send(upstream, server, parts, body, tunnel).await.map_err(|f| {
         let labels = crate::metrics::UpstreamLabels { upstream: crate::metrics::Name(upstream.name.clone()), kind: f.kind() };
         shared.metrics.upstream_errors.get_or_create(&labels).inc();
         tracing::warn!(request_id = ?record.request_id, upstream = %upstream.name, kind = f.kind(), "upstream request failed");
@@ -231,6 +241,41 @@ fn failed(shared: &Shared, addr: std::net::IpAddr, reject: Reject, auth: &crate:
     shared.throttle.record_failure(addr, per_minute);
     count_failure(shared, reject.code());
     reject
+}
+
+/// A WebSocket upgrade becomes a tunnel, registered under its credential;
+/// refused when the client holds `listen.max_tunnels_per_client` already.
+fn open_tunnel(
+    upgrade: hyper::upgrade::OnUpgrade,
+    parts: &Parts,
+    shared: &Shared,
+    snap: &Snapshot,
+    conn: &Arc<ConnInfo>,
+    entry: crate::keys::KeyEntry,
+    route: usize,
+) -> Result<tunnel::Tunnel, Reject> {
+    let (Some(client), Some(route)) = (snap.clients.get(entry.client as usize), snap.route_names.get(route)) else {
+        return Err(Reject::BadGateway);
+    };
+    // Extracted again (only for upgrades): the digest identifies the key on reload.
+    let presented = auth::extract(&parts.headers, parts.uri.query(), &snap.config.auth)?;
+    let credential = tunnel::Credential {
+        client: client.id.clone(),
+        key: crate::keys::digest(&presented.key),
+        route: route.clone(),
+        subject: conn.subject.clone(),
+    };
+    let listen = &snap.config.listen;
+    let check = credential.clone();
+    let ticket = shared.tunnels.open(credential, listen.max_tunnels_per_client).ok_or(Reject::TooManyTunnels)?;
+    // A reload that swept the tunnels between this request's snapshot and
+    // the registration did not see this one: check it against the new one.
+    let current = shared.snapshot.load();
+    if !std::ptr::eq(&**current, snap) && !current.allows_tunnel(&check, crate::keys::unix_now()) {
+        return Err(Reject::InvalidKey);
+    }
+    let limits = (listen.tunnel_idle_timeout, listen.tunnel_max_lifetime);
+    Ok(tunnel::Tunnel::new(upgrade, ticket, limits, entry.expires, conn.clone()))
 }
 
 fn count_failure(shared: &Shared, reason: &'static str) {

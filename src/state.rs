@@ -15,6 +15,7 @@ use crate::metrics::{KeyLabels, Metrics, Name};
 use crate::proxy::rate_limit::{Limiter, LocalLimiter};
 use crate::proxy::route::Router;
 use crate::proxy::throttle::FailureThrottle;
+use crate::proxy::tunnel::{Credential, Tunnels};
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
 
@@ -118,6 +119,18 @@ impl Snapshot {
         let _ = self.key_last_used.set(gauges);
     }
 
+    /// Whether a tunnel opened with `c` may stay open: its key still belongs
+    /// to the same client and is valid at `now`, that client may still call
+    /// the route of that name, and its certificate binding (mTLS) still holds.
+    pub fn allows_tunnel(&self, c: &Credential, now: i64) -> bool {
+        let Some(entry) = self.keys.get(&c.key) else { return false };
+        let Some(client) = self.clients.get(entry.client as usize) else { return false };
+        let route = self.route_names.iter().position(|r| *r == c.route);
+        let bound = client.tls_subjects.is_empty()
+            || c.subject.as_ref().is_some_and(|s| client.tls_subjects.iter().any(|p| tls::subject_matches(s, p)));
+        client.id == c.client && entry.valid_at(now) && route.is_some_and(|i| client.may_call(i)) && bound
+    }
+
     /// Each key's client and fingerprint, with its expiry.
     fn key_labels(&self) -> impl Iterator<Item = (KeyLabels, Option<i64>)> + '_ {
         self.clients.iter().zip(&self.config.clients).flat_map(|(client, c)| {
@@ -190,6 +203,8 @@ pub struct Shared {
     /// Held for a whole reload (read, build, swap), so two reloads at once
     /// (a signal and a file change) cannot swap in an older file last.
     pub reloading: Mutex<()>,
+    /// Open tunnels, closed by a reload that takes their credential away.
+    pub tunnels: Arc<Tunnels>,
 }
 
 impl Shared {
@@ -201,6 +216,7 @@ impl Shared {
         let metrics = Arc::new(metrics);
         snapshot.publish_key_metrics(&metrics);
         Shared {
+            tunnels: Arc::new(Tunnels::new(&metrics)),
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             throttle,
@@ -220,7 +236,13 @@ impl Shared {
             self.metrics.key_last_used.remove(&gone);
         }
         next.publish_key_metrics(&self.metrics);
-        self.snapshot.store(Arc::new(next));
+        let next = Arc::new(next);
+        self.snapshot.store(next.clone());
+        let now = crate::keys::unix_now();
+        let closed = self.tunnels.close_unless(|c| next.allows_tunnel(c, now));
+        if closed > 0 {
+            tracing::info!(target: "keygate::audit", tunnels = closed, "closing tunnels whose key or route permission was removed");
+        }
         Ok(())
     }
 }

@@ -46,6 +46,9 @@ pub struct ListenToml {
     pub tls: Option<TlsToml>,
     pub trusted_proxies: Option<Vec<Str>>,
     pub proxy_protocol: Option<Spanned<bool>>,
+    pub tunnel_idle_timeout: Option<Str>,
+    pub tunnel_max_lifetime: Option<Str>,
+    pub max_tunnels_per_client: Option<Spanned<i64>>,
 }
 
 /// `[listen.tls]`: certificate files, and a CA for client certificates.

@@ -76,6 +76,12 @@ pub struct Listen {
     pub trusted_proxies: TrustedProxies,
     /// Every connection starts with a PROXY protocol header (from a trusted peer).
     pub proxy_protocol: bool,
+    /// A tunnel (upgraded connection) with no bytes either way this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// A tunnel is closed this long after it opened, however busy.
+    pub tunnel_max_lifetime: Duration,
+    /// Tunnels one client may hold open at once.
+    pub max_tunnels_per_client: usize,
 }
 
 /// Certificate files of the listener.

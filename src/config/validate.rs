@@ -108,6 +108,9 @@ impl Listen {
             tls: None,
             trusted_proxies: super::TrustedProxies::default(),
             proxy_protocol: false,
+            tunnel_idle_timeout: Duration::from_secs(60),
+            tunnel_max_lifetime: Duration::from_secs(3600),
+            max_tunnels_per_client: 1000,
         }
     }
 }
@@ -135,12 +138,13 @@ fn listen(c: &mut Checker<'_>, t: &file::ListenToml, tls_overridden: bool) -> Op
         },
         client_ca: tls.client_ca.as_ref().map(|ca| readable(c, ca, "listen.tls.client_ca")),
     });
+    let idle_timeout = duration(c, &t.idle_timeout, "listen.idle_timeout", d.idle_timeout);
     Some(Listen {
         address,
         shutdown_grace: duration(c, &t.shutdown_grace, "listen.shutdown_grace", d.shutdown_grace),
         header_read_timeout: duration(c, &t.header_read_timeout, "listen.header_read_timeout", d.header_read_timeout),
         body_timeout: duration(c, &t.body_timeout, "listen.body_timeout", d.body_timeout),
-        idle_timeout: duration(c, &t.idle_timeout, "listen.idle_timeout", d.idle_timeout),
+        idle_timeout,
         max_connections: count(c, &t.max_connections, "listen.max_connections", d.max_connections),
         max_header_bytes: count(c, &t.max_header_bytes, "listen.max_header_bytes", d.max_header_bytes).max(1024),
         max_headers: count(c, &t.max_headers, "listen.max_headers", d.max_headers),
@@ -155,6 +159,15 @@ fn listen(c: &mut Checker<'_>, t: &file::ListenToml, tls_overridden: bool) -> Op
         tls,
         trusted_proxies: trusted_proxies(c, t.trusted_proxies.as_deref().unwrap_or_default()),
         proxy_protocol: t.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref()),
+        // Unset, a tunnel may idle as long as a connection between requests.
+        tunnel_idle_timeout: duration(c, &t.tunnel_idle_timeout, "listen.tunnel_idle_timeout", idle_timeout),
+        tunnel_max_lifetime: duration(c, &t.tunnel_max_lifetime, "listen.tunnel_max_lifetime", d.tunnel_max_lifetime),
+        max_tunnels_per_client: count(
+            c,
+            &t.max_tunnels_per_client,
+            "listen.max_tunnels_per_client",
+            d.max_tunnels_per_client,
+        ),
     })
 }
 

@@ -2,17 +2,15 @@
 
 use std::error::Error as StdError;
 
+use super::headers;
+use super::tunnel::Tunnel;
+use crate::body::{BodyError, RequestBody};
+use crate::error::Reject;
+use crate::upstream::{PooledBody, SendError, Server, Upstream};
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-
-use super::headers;
-use crate::body::{BodyError, RequestBody};
-use crate::error::Reject;
-use crate::upstream::{PooledBody, SendError, Server, Upstream};
 
 /// Why an upstream call failed, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +66,7 @@ pub async fn send(
     server: &Server,
     mut parts: Parts,
     body: RequestBody,
-    client_upgrade: Option<OnUpgrade>,
+    tunnel: Option<Tunnel>,
 ) -> Result<Response<PooledBody>, Failure> {
     parts.version = Version::HTTP_11;
     if !parts.headers.contains_key(header::HOST) {
@@ -77,7 +75,7 @@ pub async fn send(
             parts.headers.insert(header::HOST, host);
         }
     }
-    if client_upgrade.is_some() {
+    if tunnel.is_some() {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
@@ -89,25 +87,13 @@ pub async fn send(
         Ok(Ok(response)) => response,
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client) = client_upgrade {
-            splice(client, hyper::upgrade::on(&mut response));
+        if let Some(tunnel) = tunnel {
+            tokio::spawn(tunnel.run(hyper::upgrade::on(&mut response)));
         }
     } else {
         headers::strip_connection_headers(response.headers_mut());
     }
     Ok(response)
-}
-
-/// Join an upgraded client connection to the upgraded upstream connection.
-fn splice(client: OnUpgrade, upstream: OnUpgrade) {
-    tokio::spawn(async move {
-        let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
-            return;
-        };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-    });
 }
 
 fn classify(e: &SendError) -> Failure {

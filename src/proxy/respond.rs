@@ -104,6 +104,7 @@ mod tests {
             Reject::HeadersTooLarge,
             Reject::PayloadTooLarge,
             Reject::RequestTimeout,
+            Reject::TooManyTunnels,
             Reject::BadGateway,
             Reject::GatewayTimeout,
             Reject::RateLimited { retry_after: 3 },

@@ -18,9 +18,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use super::accept;
 use super::idle::{Activity, IdleIo, ReadReady, Timeouts, Tracked};
 use crate::config::Listen;
 use crate::metrics::Held;
+use crate::proxy::tunnel::Slot;
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
 
@@ -50,6 +52,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     let max = shared.snapshot.load().config.listen.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let (drain_tx, drain) = watch::channel(());
+    let mut failures = accept::Failures::new(&shared.metrics.accept_errors);
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -57,25 +60,28 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of file descriptors and the like: keep serving the rest.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: wait, keep serving the rest.
+                    if let Some(wait) = failures.failed(&e, std::time::Instant::now()) {
+                        tokio::select! {
+                            _ = &mut shutdown => break,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
                     continue;
                 }
             },
         };
+        failures.accepted();
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%remote, max, "connection refused: max_connections reached");
             drop(tcp);
             continue;
         };
+        // Held by the connection, and by the tunnel it may become.
+        let slot = Slot::new(permit, &shared.metrics.connections);
         let shared = shared.clone();
         let drain = drain.clone();
-        tokio::spawn(async move {
-            let open = Held::new(&shared.metrics.connections);
-            connection(tcp, remote, shared, drain).await;
-            drop((open, permit));
-        });
+        tokio::spawn(connection(tcp, remote, shared, drain, slot));
     }
     drop(listener);
     let _ = drain_tx.send(());
@@ -83,18 +89,19 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     let grace = shared.snapshot.load().config.listen.shutdown_grace;
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
-        tracing::warn!(?grace, "shutdown grace elapsed with requests still in flight");
+        let tunnels = shared.tunnels.close_all();
+        tracing::warn!(?grace, tunnels, "shutdown grace elapsed with requests or tunnels still open");
     }
 }
 
-async fn connection(mut tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, drain: Drain) {
+async fn connection(mut tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, drain: Drain, slot: Slot) {
     let _ = tcp.set_nodelay(true);
     let snap = shared.snapshot.load_full();
     let listen = &snap.config.listen;
     let Some(remote) = super::proxy_protocol::accept(&mut tcp, remote, listen).await else { return };
     match snap.tls.clone() {
         None => {
-            let info = ConnInfo::new(remote, false, None);
+            let info = ConnInfo::new(remote, false, None).holding(slot);
             http(tcp, None, info, shared.clone(), listen, drain).await;
         }
         Some(config) => {
@@ -109,7 +116,7 @@ async fn connection(mut tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>,
             .await;
             match accepted {
                 Ok((subject, h2, stream)) => {
-                    let info = ConnInfo::new(remote, true, subject);
+                    let info = ConnInfo::new(remote, true, subject).holding(slot);
                     http(stream, Some(h2), info, shared.clone(), listen, drain).await;
                 }
                 Err(e) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
