@@ -87,6 +87,9 @@ pub struct Metrics {
     /// HTTP/1 keep-alive connections that hold no buffers).
     pub connections: Gauge<i64, AtomicI64>,
     pub parked_connections: Gauge<i64, AtomicI64>,
+    /// 1 while an upstream server takes traffic, 0 while ejected or checked down.
+    pub upstream_server_up: Family<ServerLabels, Gauge<i64, AtomicI64>>,
+    pub upstream_ejections: Family<EjectionLabels, Counter>,
 }
 
 /// Holds a gauge one higher for as long as it lives.
@@ -136,6 +139,8 @@ impl Metrics {
             parked_connections: Gauge::default(),
             registry: Registry::default(),
             none: Name::new("-"),
+            upstream_server_up: Family::default(),
+            upstream_ejections: Family::default(),
         };
         registry.register("requests", "Requests by client, route and status", m.requests.clone());
         registry.register(
@@ -161,6 +166,16 @@ impl Metrics {
             "Idle HTTP/1 keep-alive connections parked without buffers",
             m.parked_connections.clone(),
         );
+        registry.register(
+            "upstream_server_up",
+            "Whether an upstream server takes traffic (0: ejected or failing health checks)",
+            m.upstream_server_up.clone(),
+        );
+        registry.register(
+            "upstream_ejections",
+            "Times an upstream server was taken out of rotation, by cause",
+            m.upstream_ejections.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -171,4 +186,19 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Labels of an upstream server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub upstream: Name,
+    pub server: Name,
+}
+
+/// Labels of an ejection: the server and why (`passive`, `health_check`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EjectionLabels {
+    pub upstream: Name,
+    pub server: Name,
+    pub cause: &'static str,
 }
