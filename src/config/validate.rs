@@ -601,10 +601,6 @@ fn health_check(c: &mut Checker<'_>, h: &Spanned<file::HealthCheckToml>, field: 
     };
     let interval = duration(c, &t.interval, &format!("{field}.interval"), Duration::from_secs(5));
     let timeout = duration(c, &t.timeout, &format!("{field}.timeout"), Duration::from_secs(1));
-    if timeout > interval {
-        let span = t.timeout.as_ref().map_or(h.span(), Spanned::span);
-        c.error(span, &format!("{field}.timeout"), "must not be longer than interval");
-    }
     let threshold = |c: &mut Checker<'_>, v: &Option<Spanned<i64>>, name: &str, d: usize| {
         u32::try_from(count(c, v, &format!("{field}.{name}"), d)).unwrap_or(u32::MAX)
     };

@@ -54,23 +54,22 @@ fn ejection_labels(u: &Upstream, url: &Arc<str>, cause: &'static str) -> Ejectio
     EjectionLabels { upstream: Name(u.name.clone()), server: Name(url.clone()), cause }
 }
 
+/// Each handle on its own line: `get_or_create` returns a read guard, and a
+/// second call on the same family while it lives would wait for ever.
+fn server_metrics(metrics: &Metrics, u: &Upstream, url: &Arc<str>) -> ServerMetrics {
+    let up = metrics.upstream_server_up.get_or_create(&server_labels(u, url)).clone();
+    let ejected_passive = metrics.upstream_ejections.get_or_create(&ejection_labels(u, url, "passive")).clone();
+    let ejected_checks = metrics.upstream_ejections.get_or_create(&ejection_labels(u, url, "health_check")).clone();
+    ServerMetrics { up, ejected_passive, ejected_checks }
+}
+
 /// Give each server of `next` its metric handles and current state, and
 /// drop the series of servers `previous` had and `next` has not.
 pub fn publish_metrics(next: &[Arc<Upstream>], previous: Option<&[Arc<Upstream>]>, metrics: &Metrics) {
     for u in next {
         for s in &u.servers {
             // A server kept across a reload keeps its handles (same labels).
-            let _ = s.health.metrics.get_or_init(|| ServerMetrics {
-                up: metrics.upstream_server_up.get_or_create(&server_labels(u, &s.url)).clone(),
-                ejected_passive: metrics
-                    .upstream_ejections
-                    .get_or_create(&ejection_labels(u, &s.url, "passive"))
-                    .clone(),
-                ejected_checks: metrics
-                    .upstream_ejections
-                    .get_or_create(&ejection_labels(u, &s.url, "health_check"))
-                    .clone(),
-            });
+            let _ = s.health.metrics.get_or_init(|| server_metrics(metrics, u, &s.url));
             s.health.publish();
         }
     }
