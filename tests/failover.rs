@@ -48,10 +48,11 @@ async fn upstreams(kg: &Keygate) -> Value {
 /// The `/upstreams` entry of `server` in upstream `main`.
 async fn server(kg: &Keygate, server: SocketAddr) -> Value {
     let doc = upstreams(kg).await;
-    let url = format!("http://{server}");
+    // By port: https servers are named `localhost` (their certificates' name).
+    let url = format!(":{}", server.port());
     doc["upstreams"][0]["servers"]
         .as_array()
-        .and_then(|s| s.iter().find(|s| s["server"] == url.as_str()).cloned())
+        .and_then(|s| s.iter().find(|s| s["server"].as_str().is_some_and(|u| u.ends_with(&url))).cloned())
         .unwrap_or_else(|| panic!("{url} not in {doc}"))
 }
 
@@ -478,4 +479,25 @@ fn check_points_at_bad_failover_settings() {
     assert_eq!(health.strategy, keygate::config::Strategy::LeastRequests);
     assert_eq!(health.max_fails, 0);
     assert_eq!(health.check.as_ref().map(|c| c.path.as_str()), Some("/ready?deep=1"));
+}
+
+#[tokio::test]
+async fn a_failed_tls_handshake_goes_to_the_next_server() {
+    let dir = tempdir();
+    let (trusted, rogue) = (tls::Ca::new("trusted"), tls::Ca::new("rogue"));
+    let ca = trusted.write(dir.path(), "ca.pem");
+    let (good_cert, good_key) = trusted.server().write(dir.path(), "good");
+    let (bad_cert, bad_key) = rogue.server().write(dir.path(), "bad");
+    let good = Upstream::start_tls(&good_cert, &good_key).await;
+    let bad = Upstream::start_tls(&bad_cert, &bad_key).await;
+    let text = config(&[bad.addr, good.addr], &format!("tls = {{ ca = \"{}\" }}", ca.display()))
+        .replace("\"http://127.0.0.1:", "\"https://localhost:");
+    let kg = Keygate::start(&text).await;
+    for i in 0..10 {
+        assert_eq!(call(&kg, "/").await.status, 200, "request {i}");
+    }
+    assert_eq!(good.count(), 10);
+    assert_eq!(bad.count(), 0, "never used unverified");
+    assert_eq!(state(&kg, bad.addr).await, "ejected");
+    kg.stop().await;
 }
