@@ -501,3 +501,21 @@ async fn a_failed_tls_handshake_goes_to_the_next_server() {
     assert_eq!(state(&kg, bad.addr).await, "ejected");
     kg.stop().await;
 }
+
+#[tokio::test]
+async fn a_server_removed_by_a_reload_leaves_the_metrics() {
+    let (a, b) = (Backend::start("a", Mode::Ok).await, Backend::start("b", Mode::Ok).await);
+    let kg = Keygate::start(&config(&[a.addr, b.addr], "")).await;
+    let (a_url, b_url) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+    assert_eq!(server_up(&kg, &b_url).await, Some(1.0));
+    std::fs::write(&kg.config_path, config(&[a.addr], "")).expect("write");
+    let shared = kg.handle.as_ref().expect("running").shared.clone();
+    assert!(keygate::reload::reload(&shared, Some(&kg.config_path)));
+    assert_eq!(server_up(&kg, &a_url).await, Some(1.0));
+    assert_eq!(server_up(&kg, &b_url).await, None, "the removed server's series is gone");
+    kg.stop().await;
+}
+
+async fn server_up(kg: &Keygate, url: &str) -> Option<f64> {
+    metric(kg, "keygate_upstream_server_up", &[("upstream", "main"), ("server", url)]).await
+}

@@ -27,6 +27,8 @@ pub use pool::{PooledBody, SendError};
 pub struct Server {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// HTTP/1.1 connections. An HTTP/2 connector would sit here beside it
+    /// with the same `send` contract: the request handed back when unsent.
     pub pool: Arc<pool::Pool>,
     /// `scheme://authority`, as labels and `/upstreams` show it.
     pub url: Arc<str>,
