@@ -106,8 +106,12 @@ async fn health_checks(shared: Arc<Shared>, stop: impl std::future::Future<Outpu
         }
         seen = Arc::downgrade(&snap);
         checks.shutdown().await;
-        for upstream in snap.upstreams.iter().filter(|u| u.policy.check.is_some()) {
-            checks.spawn(crate::upstream::check::run(upstream.clone()));
+        for upstream in snap.upstreams.iter() {
+            // A check of the old snapshot may have run since this one was built.
+            upstream.forget_checks();
+            if upstream.policy.check.is_some() {
+                checks.spawn(crate::upstream::check::run(upstream.clone()));
+            }
         }
     }
 }

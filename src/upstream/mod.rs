@@ -64,17 +64,23 @@ impl Upstream {
             .iter()
             .filter_map(|uri| server(uri, connector.as_ref(), config.connect_timeout, previous))
             .collect();
-        if config.health.check.is_none() {
-            // Checks turned off: their verdict must not keep a server out for ever.
-            servers.iter().for_each(|s| s.health.clear_checks());
-        }
-        Ok(Upstream {
+        let upstream = Upstream {
             name: Arc::from(config.name.as_str()),
             servers,
             next: AtomicUsize::new(0),
             request_timeout: config.request_timeout,
             policy: config.health.clone(),
-        })
+        };
+        upstream.forget_checks();
+        Ok(upstream)
+    }
+
+    /// Without checks configured, their verdict must not keep a server out
+    /// for ever. `app` calls this again once the previous checks have stopped.
+    pub fn forget_checks(&self) {
+        if self.policy.check.is_none() {
+            self.servers.iter().for_each(|s| s.health.clear_checks());
+        }
     }
 
     /// A usable server not yet `tried`, by the upstream's strategy.
