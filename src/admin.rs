@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz` and `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and `/upstreams`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -61,6 +61,7 @@ async fn answer(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             r
         }
+        "/upstreams" => upstreams(&shared),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     };
     Ok(response)
@@ -70,5 +71,13 @@ fn text(status: StatusCode, body: String) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// Each upstream's servers and their health, as JSON.
+fn upstreams(shared: &Shared) -> Response<ResponseBody> {
+    let body = crate::upstream::report::upstreams(&shared.snapshot.load().upstreams).to_string();
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }

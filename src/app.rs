@@ -69,7 +69,8 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     if let Some(l) = admin_listener {
         tasks.spawn(admin::serve(l, shared.clone(), stopped(admin_rx)));
     }
-    tasks.spawn(prune_throttle(shared.clone(), stopped(rx)));
+    tasks.spawn(prune_throttle(shared.clone(), stopped(rx.clone())));
+    tasks.spawn(health_checks(shared.clone(), stopped(rx)));
     shared.ready.store(true, Ordering::Release);
     Ok(Handle { addr, admin: admin_addr, shared, stop, tasks })
 }
@@ -81,6 +82,36 @@ async fn prune_throttle(shared: Arc<Shared>, stop: impl std::future::Future<Outp
         tokio::select! {
             _ = &mut stop => return,
             _ = tick.tick() => shared.throttle.prune(),
+        }
+    }
+}
+
+/// Run the upstreams' active health checks, one task per checked upstream,
+/// replaced when a reload swaps the snapshot (health state lives on in the
+/// servers kept, so replacing the tasks loses nothing).
+async fn health_checks(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    // A weak reference keeps the address from being reused by a later snapshot.
+    let mut seen = std::sync::Weak::new();
+    let mut checks = JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let snap = shared.snapshot.load_full();
+        if std::ptr::eq(seen.as_ptr(), Arc::as_ptr(&snap)) {
+            continue;
+        }
+        seen = Arc::downgrade(&snap);
+        checks.shutdown().await;
+        for upstream in snap.upstreams.iter() {
+            // A check of the old snapshot may have run since this one was built.
+            upstream.forget_checks();
+            if upstream.policy.check.is_some() {
+                checks.spawn(crate::upstream::check::run(upstream.clone()));
+            }
         }
     }
 }

@@ -17,7 +17,7 @@
 //! 8. check the client may call it — [`state::ClientState::may_call`]
 //! 9. take one request from the client's budget — [`proxy::rate_limit`]
 //! 10. strip the key and hop-by-hop headers, set identity and `X-Forwarded-*` — [`proxy::headers`]
-//! 11. stream the request to the next server of the upstream and the response back — [`proxy::forward`], [`upstream`], [`body`]
+//! 11. stream the request to a usable server of the upstream (failing over when it never reached one) and the response back — [`proxy::forward`], [`upstream`], [`body`]
 //! 12. log the request and count it when its response is done — [`access_log`], [`metrics`]
 //!
 //! Configuration is read by [`config`] (file, then `KEYGATE_*`), reloaded by

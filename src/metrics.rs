@@ -92,6 +92,9 @@ pub struct Metrics {
     pub tunnels_closed: Family<ReasonLabels, Counter>,
     /// Failed `accept` calls on the proxy listener, by reason.
     pub accept_errors: Family<ReasonLabels, Counter>,
+    /// 1 while an upstream server takes traffic, 0 while ejected or checked down.
+    pub upstream_server_up: Family<ServerLabels, Gauge<i64, AtomicI64>>,
+    pub upstream_ejections: Family<EjectionLabels, Counter>,
 }
 
 /// Holds a gauge one higher for as long as it lives.
@@ -144,6 +147,8 @@ impl Metrics {
             accept_errors: Family::default(),
             registry: Registry::default(),
             none: Name::new("-"),
+            upstream_server_up: Family::default(),
+            upstream_ejections: Family::default(),
         };
         registry.register("requests", "Requests by client, route and status", m.requests.clone());
         registry.register(
@@ -172,6 +177,16 @@ impl Metrics {
         registry.register("tunnels", "Tunnels (upgraded connections) open", m.tunnels.clone());
         registry.register("tunnels_closed", "Tunnels ended, by reason", m.tunnels_closed.clone());
         registry.register("accept_errors", "Failed accepts on the proxy listener, by reason", m.accept_errors.clone());
+        registry.register(
+            "upstream_server_up",
+            "Whether an upstream server takes traffic (0: ejected or failing health checks)",
+            m.upstream_server_up.clone(),
+        );
+        registry.register(
+            "upstream_ejections",
+            "Times an upstream server was taken out of rotation, by cause",
+            m.upstream_ejections.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -197,4 +212,19 @@ impl Metrics {
             evictions,
         );
     }
+}
+
+/// Labels of an upstream server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub upstream: Name,
+    pub server: Name,
+}
+
+/// Labels of an ejection: the server and why (`passive`, `health_check`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EjectionLabels {
+    pub upstream: Name,
+    pub server: Name,
+    pub cause: &'static str,
 }

@@ -209,7 +209,6 @@ async fn run(
     check_length(&parts, route.max_body).map_err(with_limit)?;
     let upstream = snap.upstreams.get(route.upstream).ok_or(with_limit(Reject::BadGateway))?;
     record.upstream = Some(crate::metrics::Name(upstream.name.clone()));
-    let server = upstream.pick().ok_or(with_limit(Reject::BadGateway))?;
     let upgrade =
         forward::wants_websocket(&parts).then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
     let tunnel = upgrade.map(|u| open_tunnel(u, &parts, shared, snap, conn, entry, route_index)).transpose();
@@ -218,7 +217,7 @@ async fn run(
     parts.uri = forward::upstream_uri(pq);
     prepare_headers(&mut parts, snap, client, conn, key_in_authorization, host.as_ref(), &record.request_id);
     let body = RequestBody::new(body, route.max_body, snap.config.listen.body_timeout);
-    let response = forward::send(upstream, server, parts, body, tunnel).await.map_err(|f| {
+    let response = forward::send(upstream, parts, body, tunnel).await.map_err(|f| {
         let labels = crate::metrics::UpstreamLabels { upstream: crate::metrics::Name(upstream.name.clone()), kind: f.kind() };
         shared.metrics.upstream_errors.get_or_create(&labels).inc();
         tracing::warn!(request_id = ?record.request_id, upstream = %upstream.name, kind = f.kind(), "upstream request failed");

@@ -63,8 +63,14 @@ impl Snapshot {
     /// is carried over from `previous`.
     pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, TlsError> {
         let tls = config.listen.tls.as_ref().map(tls::server_config).transpose()?;
-        let upstreams =
-            config.upstreams.iter().map(|u| Upstream::new(u).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let kept = previous.and_then(|p| p.upstreams.iter().find(|o| *o.name == *u.name));
+                Upstream::new(u, kept.map(|k| &**k)).map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut keys = KeyTable::default();
         let mut key_names = Vec::new();
         let clients = config
@@ -215,6 +221,7 @@ impl Shared {
         metrics.register_throttle(&throttle);
         let metrics = Arc::new(metrics);
         snapshot.publish_key_metrics(&metrics);
+        crate::upstream::report::publish_metrics(&snapshot.upstreams, None, &metrics);
         Shared {
             tunnels: Arc::new(Tunnels::new(&metrics)),
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -236,6 +243,7 @@ impl Shared {
             self.metrics.key_last_used.remove(&gone);
         }
         next.publish_key_metrics(&self.metrics);
+        crate::upstream::report::publish_metrics(&next.upstreams, Some(&current.upstreams), &self.metrics);
         let next = Arc::new(next);
         self.snapshot.store(next.clone());
         let now = crate::keys::unix_now();

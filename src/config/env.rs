@@ -116,6 +116,7 @@ fn upstream(c: &mut Checker<'_>, config: &mut Config, env: &Env) {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(30),
         ca: None,
+        health: super::HealthPolicy::default(),
     });
     config.routes.push(Route {
         name: "default".into(),

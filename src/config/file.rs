@@ -94,6 +94,10 @@ pub struct UpstreamToml {
     pub connect_timeout: Option<Str>,
     pub request_timeout: Option<Str>,
     pub tls: Option<UpstreamTlsToml>,
+    pub strategy: Option<Str>,
+    pub max_fails: Option<Spanned<i64>>,
+    pub fail_timeout: Option<Str>,
+    pub health_check: Option<Spanned<HealthCheckToml>>,
 }
 
 /// `[upstreams.<name>.tls]`.
@@ -136,4 +140,15 @@ pub struct KeyToml {
     pub env: Option<Str>,
     pub not_before: Option<Str>,
     pub expires: Option<Str>,
+}
+
+/// `health_check = { … }` of an upstream: active checks of each server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckToml {
+    pub path: Option<Str>,
+    pub interval: Option<Str>,
+    pub timeout: Option<Str>,
+    pub healthy: Option<Spanned<i64>>,
+    pub unhealthy: Option<Spanned<i64>>,
 }

@@ -119,6 +119,50 @@ pub struct Upstream {
     pub request_timeout: Duration,
     /// A private CA for `https://` servers, in place of the system roots.
     pub ca: Option<PathBuf>,
+    /// How servers are chosen, skipped when failing, and checked.
+    pub health: HealthPolicy,
+}
+
+/// How an upstream chooses servers and keeps failing ones out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthPolicy {
+    pub strategy: Strategy,
+    /// Consecutive connect or transport failures that eject a server; 0 never ejects.
+    pub max_fails: u32,
+    /// How long an ejected server is skipped before one trial request.
+    pub fail_timeout: Duration,
+    pub check: Option<HealthCheck>,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        HealthPolicy {
+            strategy: Strategy::RoundRobin,
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(10),
+            check: None,
+        }
+    }
+}
+
+/// How the next server is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    RoundRobin,
+    /// The less busy of two servers drawn at random.
+    LeastRequests,
+}
+
+/// Active health checks: `GET path` on each server every `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: http::uri::PathAndQuery,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passed checks that bring a down server back.
+    pub healthy: u32,
+    /// Consecutive failed checks that take a server down.
+    pub unhealthy: u32,
 }
 
 /// A route: a path prefix (and optionally methods and host) sent to an upstream.

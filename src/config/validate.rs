@@ -13,7 +13,7 @@ use toml::Spanned;
 use super::error::{Origin, Problem, Source};
 use super::file::{self, FileConfig, Str};
 use super::{env, suggest, Auth, Client, Config, ConfigError, Env, Grants, Key, Listen, Rate, Route};
-use super::{KeyOrigin, TlsFiles, Upstream};
+use super::{HealthCheck, HealthPolicy, KeyOrigin, Strategy, TlsFiles, Upstream};
 use crate::keys;
 
 /// Collects problems while validating.
@@ -304,6 +304,7 @@ fn upstreams(c: &mut Checker<'_>, t: &BTreeMap<String, file::UpstreamToml>) -> V
                 connect_timeout: timeout(c, &u.connect_timeout, "connect_timeout", 2),
                 request_timeout: timeout(c, &u.request_timeout, "request_timeout", 30),
                 ca: u.tls.as_ref().and_then(|t| t.ca.as_ref()).map(|ca| readable(c, ca, &format!("{field}.tls.ca"))),
+                health: health_policy(c, u, &field),
             }
         })
         .collect()
@@ -638,4 +639,53 @@ fn trusted_proxies(c: &mut Checker<'_>, list: &[Str]) -> super::TrustedProxies {
         }
     }
     super::TrustedProxies(nets)
+}
+
+/// `strategy`, `max_fails`, `fail_timeout` and `health_check` of an upstream.
+fn health_policy(c: &mut Checker<'_>, u: &file::UpstreamToml, field: &str) -> HealthPolicy {
+    let d = HealthPolicy::default();
+    let strategy = match u.strategy.as_ref() {
+        None => d.strategy,
+        Some(s) => match s.get_ref().as_str() {
+            "round_robin" => Strategy::RoundRobin,
+            "least_requests" => Strategy::LeastRequests,
+            other => {
+                let msg = format!("\"{other}\" is not a strategy: use \"round_robin\" or \"least_requests\"");
+                c.error(s.span(), &format!("{field}.strategy"), msg);
+                d.strategy
+            }
+        },
+    };
+    let max_fails = match u.max_fails.as_ref() {
+        None => d.max_fails,
+        Some(v) => u32::try_from(*v.get_ref()).unwrap_or_else(|_| {
+            c.error(v.span(), &format!("{field}.max_fails"), "must be a whole number, 0 or more (0: never eject)");
+            d.max_fails
+        }),
+    };
+    let fail_timeout = duration(c, &u.fail_timeout, &format!("{field}.fail_timeout"), d.fail_timeout);
+    let check = u.health_check.as_ref().map(|h| health_check(c, h, &format!("{field}.health_check")));
+    HealthPolicy { strategy, max_fails, fail_timeout, check }
+}
+
+fn health_check(c: &mut Checker<'_>, h: &Spanned<file::HealthCheckToml>, field: &str) -> HealthCheck {
+    let t = h.get_ref();
+    let path = match t.path.as_ref() {
+        None => http::uri::PathAndQuery::from_static("/healthz"),
+        Some(p) => match http::uri::PathAndQuery::try_from(p.get_ref().as_str()) {
+            Ok(pq) if p.get_ref().starts_with('/') => pq,
+            _ => {
+                c.error(p.span(), &format!("{field}.path"), format!("\"{}\" is not a path like /healthz", p.get_ref()));
+                http::uri::PathAndQuery::from_static("/healthz")
+            }
+        },
+    };
+    let interval = duration(c, &t.interval, &format!("{field}.interval"), Duration::from_secs(5));
+    let timeout = duration(c, &t.timeout, &format!("{field}.timeout"), Duration::from_secs(1));
+    let threshold = |c: &mut Checker<'_>, v: &Option<Spanned<i64>>, name: &str, d: usize| {
+        u32::try_from(count(c, v, &format!("{field}.{name}"), d)).unwrap_or(u32::MAX)
+    };
+    let healthy = threshold(c, &t.healthy, "healthy", 2);
+    let unhealthy = threshold(c, &t.unhealthy, "unhealthy", 3);
+    HealthCheck { path, interval, timeout, healthy, unhealthy }
 }

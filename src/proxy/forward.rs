@@ -1,16 +1,16 @@
 //! Forwarding: build the upstream request, send it, and shape the response.
 
-use std::error::Error as StdError;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
 
 use super::headers;
 use super::tunnel::Tunnel;
 use crate::body::{BodyError, RequestBody};
 use crate::error::Reject;
-use crate::upstream::{PooledBody, SendError, Server, Upstream};
-use http::header::{self, HeaderValue};
-use http::request::Parts;
-use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use crate::upstream::failover::body_error;
+use crate::upstream::{PooledBody, SendError, Upstream};
 
 /// Why an upstream call failed, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub enum Failure {
     Tls,
     Protocol,
     Body(Reject),
+    /// Every server is ejected or failing its health checks.
+    NoServer,
 }
 
 impl Failure {
@@ -28,7 +30,7 @@ impl Failure {
         match self {
             Failure::Timeout => Reject::GatewayTimeout,
             Failure::Body(r) => r,
-            Failure::Connect | Failure::Tls | Failure::Protocol => Reject::BadGateway,
+            Failure::Connect | Failure::Tls | Failure::Protocol | Failure::NoServer => Reject::BadGateway,
         }
     }
 
@@ -40,6 +42,7 @@ impl Failure {
             Failure::Tls => "tls",
             Failure::Protocol => "protocol",
             Failure::Body(_) => "request_body",
+            Failure::NoServer => "no_server",
         }
     }
 }
@@ -63,29 +66,26 @@ pub fn wants_websocket(parts: &Parts) -> bool {
 /// Send `parts` + `body` to `upstream` and wait for the response head.
 pub async fn send(
     upstream: &Upstream,
-    server: &Server,
     mut parts: Parts,
     body: RequestBody,
     tunnel: Option<Tunnel>,
 ) -> Result<Response<PooledBody>, Failure> {
+    // The answer goes out in the caller's protocol, whatever the server spoke
+    // (an HTTP/1.0 server must not cost an HTTP/1.1 caller its keep-alive).
+    let caller_version = parts.version;
     parts.version = Version::HTTP_11;
-    if !parts.headers.contains_key(header::HOST) {
-        // HTTP/1.1 needs a Host: a caller that sent none gets the server's.
-        if let Ok(host) = HeaderValue::from_str(server.authority.as_str()) {
-            parts.headers.insert(header::HOST, host);
-        }
-    }
     if tunnel.is_some() {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     let request = Request::from_parts(parts, body);
-    let sent = tokio::time::timeout(upstream.request_timeout, server.pool.send(request)).await;
+    let sent = tokio::time::timeout(upstream.request_timeout, upstream.send(request)).await;
     let mut response = match sent {
         Err(_) => return Err(Failure::Timeout),
         Ok(Err(e)) => return Err(classify(&e)),
         Ok(Ok(response)) => response,
     };
+    *response.version_mut() = caller_version;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(tunnel) = tunnel {
             tokio::spawn(tunnel.run(hyper::upgrade::on(&mut response)));
@@ -100,18 +100,13 @@ fn classify(e: &SendError) -> Failure {
     let e = match e {
         SendError::Connect(_) | SendError::ConnectTimeout => return Failure::Connect,
         SendError::Tls(_) => return Failure::Tls,
+        SendError::NoServer => return Failure::NoServer,
         SendError::Http(e) => e,
     };
-    let mut source: Option<&(dyn StdError + 'static)> = e.source();
-    while let Some(err) = source {
-        if let Some(body) = err.downcast_ref::<BodyError>() {
-            return match body {
-                BodyError::TooLarge => Failure::Body(Reject::PayloadTooLarge),
-                BodyError::Idle => Failure::Body(Reject::RequestTimeout),
-                BodyError::Hyper(_) => Failure::Body(Reject::BadRequest),
-            };
-        }
-        source = err.source();
+    match body_error(e) {
+        Some(BodyError::TooLarge) => Failure::Body(Reject::PayloadTooLarge),
+        Some(BodyError::Idle) => Failure::Body(Reject::RequestTimeout),
+        Some(BodyError::Hyper(_)) => Failure::Body(Reject::BadRequest),
+        None => Failure::Protocol,
     }
-    Failure::Protocol
 }

@@ -1,6 +1,13 @@
-//! Upstream servers: a connection pool per server, and round robin.
+//! Upstream servers: a connection pool and a health state per server, the
+//! choice of server (round robin or least requests), failover to the next
+//! server, and active health checks. The request path calls one `send`.
 
+pub mod balance;
+pub mod check;
+pub mod failover;
+pub mod health;
 pub mod pool;
+pub mod report;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,16 +17,23 @@ use http::uri::{Authority, Scheme};
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use crate::config;
+use crate::config::{self, HealthPolicy, Strategy};
 use crate::tls;
+pub use health::Health;
 pub use pool::{PooledBody, SendError};
 
-/// One server of an upstream, with its own idle connections.
+/// One server of an upstream, with its own idle connections and health.
 #[derive(Debug, Clone)]
 pub struct Server {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// HTTP/1.1 connections. An HTTP/2 connector would sit here beside it
+    /// with the same `send` contract: the request handed back when unsent.
     pub pool: Arc<pool::Pool>,
+    /// `scheme://authority`, as labels and `/upstreams` show it.
+    pub url: Arc<str>,
+    /// Shared with the previous snapshot's server of the same URL.
+    pub health: Arc<Health>,
 }
 
 /// A named group of servers.
@@ -29,11 +43,13 @@ pub struct Upstream {
     pub servers: Vec<Server>,
     next: AtomicUsize,
     pub request_timeout: Duration,
+    pub policy: HealthPolicy,
 }
 
 impl Upstream {
-    /// Build the pools for `config`; fails only when its CA file is unusable.
-    pub fn new(config: &config::Upstream) -> Result<Upstream, tls::TlsError> {
+    /// Build the pools for `config`, keeping the health of servers that
+    /// `previous` already had; fails only when its CA file is unusable.
+    pub fn new(config: &config::Upstream, previous: Option<&Upstream>) -> Result<Upstream, tls::TlsError> {
         let needs_tls = config.servers.iter().any(|u| u.scheme() == Some(&Scheme::HTTPS));
         let connector = match needs_tls {
             true => {
@@ -43,28 +59,57 @@ impl Upstream {
             }
             false => None,
         };
-        let servers =
-            config.servers.iter().filter_map(|uri| server(uri, connector.as_ref(), config.connect_timeout)).collect();
-        Ok(Upstream {
+        let servers: Vec<Server> = config
+            .servers
+            .iter()
+            .filter_map(|uri| server(uri, connector.as_ref(), config.connect_timeout, previous))
+            .collect();
+        let upstream = Upstream {
             name: Arc::from(config.name.as_str()),
             servers,
             next: AtomicUsize::new(0),
             request_timeout: config.request_timeout,
-        })
+            policy: config.health.clone(),
+        };
+        upstream.forget_checks();
+        Ok(upstream)
     }
 
-    /// The next server in round-robin order.
-    pub fn pick(&self) -> Option<&Server> {
-        let n = self.servers.len();
-        if n <= 1 {
-            return self.servers.first();
+    /// Without checks configured, their verdict must not keep a server out
+    /// for ever. `app` calls this again once the previous checks have stopped.
+    pub fn forget_checks(&self) {
+        if self.policy.check.is_none() {
+            self.servers.iter().for_each(|s| s.health.clear_checks());
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        self.servers.get(i)
+    }
+
+    /// A usable server not yet `tried`, by the upstream's strategy.
+    pub fn pick(&self, tried: &[bool]) -> Option<usize> {
+        let n = self.servers.len();
+        let fail_timeout = self.policy.fail_timeout;
+        let usable = |i: usize| self.servers.get(i).is_some_and(|s| s.health.usable(fail_timeout));
+        if n <= 1 {
+            // One server: no counter to bump.
+            return balance::round_robin(n, 0, tried, usable);
+        }
+        let counter = self.next.fetch_add(1, Ordering::Relaxed);
+        if self.policy.strategy == Strategy::LeastRequests {
+            let pair = balance::two_of(n, balance::mix(counter as u64));
+            let load = |i: usize| self.servers.get(i).map_or(u32::MAX, |s| s.health.in_flight());
+            if let Some(i) = balance::least_of_two(pair, tried, load, usable) {
+                return Some(i);
+            }
+        }
+        balance::round_robin(n, counter, tried, usable)
     }
 }
 
-fn server(uri: &http::Uri, connector: Option<&TlsConnector>, connect_timeout: Duration) -> Option<Server> {
+fn server(
+    uri: &http::Uri,
+    connector: Option<&TlsConnector>,
+    connect_timeout: Duration,
+    previous: Option<&Upstream>,
+) -> Option<Server> {
     let scheme = uri.scheme()?.clone();
     let authority = uri.authority()?.clone();
     let https = scheme == Scheme::HTTPS;
@@ -76,5 +121,7 @@ fn server(uri: &http::Uri, connector: Option<&TlsConnector>, connect_timeout: Du
     };
     let address = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     let target = pool::Target { address, tls, connect_timeout };
-    Some(Server { scheme, authority, pool: pool::Pool::new(target) })
+    let url: Arc<str> = Arc::from(format!("{scheme}://{authority}"));
+    let kept = previous.and_then(|p| p.servers.iter().find(|s| s.url == url)).map(|s| s.health.clone());
+    Some(Server { scheme, authority, pool: pool::Pool::new(target), url, health: kept.unwrap_or_default() })
 }

@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::health::InFlight;
 use crate::body::RequestBody;
 
 type Sender = SendRequest<RequestBody>;
@@ -41,6 +42,14 @@ pub enum SendError {
     Tls(io::Error),
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    #[error("no server of the upstream is up")]
+    NoServer,
+}
+
+/// A request that failed, handed back when it was never sent.
+pub struct Failed {
+    pub error: SendError,
+    pub unsent: Option<Request<RequestBody>>,
 }
 
 /// Where and how to connect.
@@ -71,8 +80,9 @@ impl Pool {
         Arc::new(Pool { idle: ArrayQueue::new(IDLE_PER_SERVER), target })
     }
 
-    /// Send `req` on an idle connection, or on a new one.
-    pub async fn send(self: &Arc<Self>, mut req: Request<RequestBody>) -> Result<Response<PooledBody>, SendError> {
+    /// Send `req` on an idle connection, or on a new one. A failure hands
+    /// the request back when it provably never left keygate.
+    pub async fn send(self: &Arc<Self>, mut req: Request<RequestBody>) -> Result<Response<PooledBody>, Failed> {
         while let Some(mut sender) = self.idle.pop() {
             if sender.is_closed() || (!sender.is_ready() && !self.wait_ready(&mut sender).await) {
                 continue;
@@ -82,15 +92,23 @@ impl Pool {
                 // The connection closed before the request was written: try another.
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
-                    None => return Err(e.into_error().into()),
+                    None => return Err(Failed { error: e.into_error().into(), unsent: None }),
                 },
             }
         }
         // Boxed: the connect and TLS handshake states would otherwise be
         // carried (and copied) in every request's future.
-        let mut sender = Box::pin(self.connect()).await?;
-        let response = sender.send_request(req).await?;
-        Ok(self.wrap(response, sender))
+        let mut sender = match Box::pin(connect(&self.target)).await {
+            Ok(sender) => sender,
+            Err(error) => return Err(Failed { error, unsent: Some(req) }),
+        };
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok(self.wrap(response, sender)),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                Err(Failed { error: e.into_error().into(), unsent })
+            }
+        }
     }
 
     /// A returned connection may not have finished its last exchange yet.
@@ -104,7 +122,7 @@ impl Pool {
         if response.body().is_end_stream() {
             give_back(&mut reuse);
         }
-        response.map(|inner| PooledBody { inner, reuse })
+        response.map(|inner| PooledBody { inner, reuse, in_flight: None })
     }
 
     fn put(&self, sender: Sender) {
@@ -112,30 +130,43 @@ impl Pool {
         let _ = self.idle.push(sender);
     }
 
-    async fn connect(&self) -> Result<Sender, SendError> {
-        let t = &self.target;
-        let tcp = match tokio::time::timeout(t.connect_timeout, TcpStream::connect(&t.address)).await {
-            Err(_) => return Err(SendError::ConnectTimeout),
-            Ok(Err(e)) => return Err(SendError::Connect(e)),
-            Ok(Ok(tcp)) => tcp,
-        };
-        let _ = tcp.set_nodelay(true);
-        match &t.tls {
-            None => handshake(tcp).await,
-            Some((connector, name)) => {
-                let tls = tokio::time::timeout(t.connect_timeout, connector.connect(name.clone(), tcp))
-                    .await
-                    .map_err(|_| SendError::ConnectTimeout)?
-                    .map_err(SendError::Tls)?;
-                handshake(tls).await
-            }
+    /// Where this pool connects.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+}
+
+/// Open a new HTTP/1.1 connection to `t` (TCP, then TLS for `https://`).
+pub async fn connect<B>(t: &Target) -> Result<SendRequest<B>, SendError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = match tokio::time::timeout(t.connect_timeout, TcpStream::connect(&t.address)).await {
+        Err(_) => return Err(SendError::ConnectTimeout),
+        Ok(Err(e)) => return Err(SendError::Connect(e)),
+        Ok(Ok(tcp)) => tcp,
+    };
+    let _ = tcp.set_nodelay(true);
+    match &t.tls {
+        None => handshake(tcp).await,
+        Some((connector, name)) => {
+            let tls = tokio::time::timeout(t.connect_timeout, connector.connect(name.clone(), tcp))
+                .await
+                .map_err(|_| SendError::ConnectTimeout)?
+                .map_err(SendError::Tls)?;
+            handshake(tls).await
         }
     }
 }
 
-async fn handshake<I>(io: I) -> Result<Sender, SendError>
+async fn handshake<I, B>(io: I) -> Result<SendRequest<B>, SendError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (sender, conn) = http1::Builder::new().writev(false).handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
@@ -156,6 +187,8 @@ fn give_back(reuse: &mut Option<(Sender, Arc<Pool>)>) {
 pub struct PooledBody {
     inner: Incoming,
     reuse: Option<(Sender, Arc<Pool>)>,
+    /// Counts this request as in flight until the body is done (least_requests).
+    pub(crate) in_flight: Option<InFlight>,
 }
 
 impl Body for PooledBody {
@@ -166,8 +199,14 @@ impl Body for PooledBody {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => give_back(&mut this.reuse),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => give_back(&mut this.reuse),
+            Poll::Ready(None) => {
+                give_back(&mut this.reuse);
+                this.in_flight = None;
+            }
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                give_back(&mut this.reuse);
+                this.in_flight = None;
+            }
             // A broken body means a broken connection: drop it.
             Poll::Ready(Some(Err(_))) => this.reuse = None,
             _ => {}
