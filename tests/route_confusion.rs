@@ -220,7 +220,8 @@ async fn h1(addr: SocketAddr, method: &str, target: &str, host: &str, key: &str)
 async fn h2(addr: SocketAddr, method: &str, target: &str, host: &str, key: &str) -> Answer {
     let bounded = Duration::from_secs(5);
     let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (client, conn) = tokio::time::timeout(bounded, ::h2::client::handshake(tcp)).await.expect("in time").expect("h2");
+    let (client, conn) =
+        tokio::time::timeout(bounded, ::h2::client::handshake(tcp)).await.expect("in time").expect("h2");
     tokio::spawn(conn);
     let mut client = tokio::time::timeout(bounded, client.ready()).await.expect("in time").expect("ready");
     let mut req = http::Request::builder().method(method).header("x-api-key", key);
@@ -331,7 +332,10 @@ fn config_route_hosts_fold_and_unmatchable_paths_are_refused() {
     let base = config([up; 4]);
     let load = |text: &str| keygate::config::load_str(text, std::path::Path::new("t.toml"), &Default::default());
     let folded = load(&base.replace("host = \"internal.svc\"", "host = \"Internal.SVC.\"")).expect("valid");
-    assert_eq!(folded.routes.iter().find(|r| r.name == "internal").and_then(|r| r.host.as_deref()), Some("internal.svc"));
+    assert_eq!(
+        folded.routes.iter().find(|r| r.name == "internal").and_then(|r| r.host.as_deref()),
+        Some("internal.svc")
+    );
     for (from, to) in [
         ("host = \"internal.svc\"", "host = \"internal.svc:443\""),
         ("host = \"internal.svc\"", "host = \"x@internal.svc\""),
