@@ -72,6 +72,9 @@ const DENIED: &[Probe] = &[
     probe("PUT", "/ORDERS/7", HOST, 405),
     probe("DELETE", "/orders;x/7", HOST, 405),
     probe("PATCH", "/Orders%3Bx", HOST, 405),
+    // Method names are case-sensitive: `delete` is not a route's DELETE, nor a fallback.
+    probe("delete", "/orders/7", HOST, 405),
+    probe("get", "/orders/7", HOST, 405),
     // The internal host in every spelling an upstream folds.
     probe("GET", "/", "internal.svc", 403),
     probe("GET", "/x", "INTERNAL.SVC", 403),
