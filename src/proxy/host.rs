@@ -216,6 +216,17 @@ mod tests {
         assert!(config_name("x@internal.svc").is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_and_is_stable(value in "[a-zA-Z0-9.:_@%\\[\\] -]{0,24}") {
+            if let Ok(name) = parse(&value) {
+                let again = parse(&name);
+                proptest::prop_assert_eq!(again.as_deref(), Ok(&*name));
+                proptest::prop_assert!(!name.bytes().any(|b| b.is_ascii_uppercase() || b == b'@' || b == b'%'));
+            }
+        }
+    }
+
     #[test]
     fn route_name_refuses_with_400() {
         assert_eq!(route_name(&HeaderValue::from_static("x:1@internal.svc")), Err(Reject::BadRequest));

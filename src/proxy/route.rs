@@ -348,6 +348,31 @@ mod tests {
         }
     }
 
+    fn upper_outside_escapes(key: &str) -> bool {
+        let bytes = key.as_bytes();
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            match b {
+                b'%' => i += 3,
+                b'A'..=b'Z' => return true,
+                _ => i += 1,
+            }
+        }
+        false
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn match_key_is_stable_and_folded(tail in "[a-zA-Z;%3BbC4c5E2/.\u{131}\u{212A}]{0,24}") {
+            if let Ok(path) = crate::proxy::path::normalize(&format!("/{tail}")) {
+                let key = match_key(&path);
+                proptest::prop_assert_eq!(match_key(&key), key.clone());
+                proptest::prop_assert!(!key.contains(';') && !key.contains("%3B"), "{:?}", key);
+                proptest::prop_assert!(!upper_outside_escapes(&key), "{:?}", key);
+            }
+        }
+    }
+
     #[test]
     fn match_key_borrows_when_nothing_folds() {
         for path in ["/", "/orders/7", "/a%2A/b%20", "/caf\u{e9}", "/x-y_z~1/"] {
