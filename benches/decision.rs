@@ -45,7 +45,7 @@ fn snapshot(keys: usize, routes: usize) -> Snapshot {
 fn decide(snap: &Snapshot, headers: &HeaderMap, path: &str) -> bool {
     let Ok(presented) = auth::extract(headers, None, &snap.config.auth) else { return false };
     let Ok(entry) = auth::identify(&snap.keys, &presented.key, 1_800_000_000) else { return false };
-    let Some(route) = snap.router.find(path, &Method::GET, None) else { return false };
+    let Ok(route) = snap.router.find(path, &Method::GET, None) else { return false };
     let Some(client) = snap.clients.get(entry.client as usize) else { return false };
     client.may_call(route) && client.limiter.check().allowed
 }

@@ -28,6 +28,10 @@ pub fn check_path(input: &str) {
         let bare = segment.split(';').next().unwrap_or_default();
         let bare = bare.split("%3B").next().unwrap_or_default();
         assert!(bare != "." && bare != "..", "{input:?} -> {out:?}: dot segment");
+        // Windows servers drop trailing dots and spaces.
+        for name in [segment, path::segment_name(segment)] {
+            assert!(!name.ends_with('.') && !name.ends_with("%20"), "{input:?} -> {out:?}: trailing dot or space");
+        }
     }
     if let Cow::Borrowed(same) = &out {
         assert_eq!(*same, input, "borrowed output differs from input");

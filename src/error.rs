@@ -9,6 +9,9 @@ pub enum Reject {
     MissingKey,
     InvalidKey,
     NoRoute,
+    // The route's prefix and host match, its methods do not; `allow`
+    // indexes the router's `Allow` values.
+    MethodNotAllowed { allow: u32 },
     Forbidden,
     RateLimited {
         retry_after: u64,
@@ -35,6 +38,9 @@ impl Reject {
             MissingKey => (StatusCode::UNAUTHORIZED, "missing_api_key", "API key missing"),
             InvalidKey => (StatusCode::UNAUTHORIZED, "invalid_api_key", "Invalid API key"),
             NoRoute => (StatusCode::NOT_FOUND, "no_route", "No route matches this request"),
+            MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "The route does not take this method")
+            }
             Forbidden => (StatusCode::FORBIDDEN, "forbidden", "This client may not call this route"),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Rate limit exceeded"),
             TooManyFailures { .. } => (

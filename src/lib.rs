@@ -8,7 +8,7 @@
 //!
 //! 1. accept the connection, TLS handshake under a timeout — [`server`]
 //! 2. take the current configuration snapshot — [`state`] (an `ArcSwap`)
-//! 3. normalise the path, refuse ambiguous hosts — [`proxy::path`], [`proxy`]
+//! 3. normalise the path, refuse ambiguous hosts — [`proxy::path`], [`proxy::host`]
 //! 4. take the client address (PROXY header, `X-Forwarded-For` from trusted proxies) — [`server::proxy_protocol`], [`proxy::client_addr`]
 //! 5. find the credentials (header, `Authorization`, query) — [`proxy::auth`]
 //! 6. look the key's SHA-256 digest up; check its validity window — [`proxy::auth`], [`keys`];

@@ -7,6 +7,7 @@ pub mod client_addr;
 pub mod forward;
 pub mod framing;
 pub mod headers;
+pub mod host;
 pub mod path;
 pub mod rate_limit;
 pub mod respond;
@@ -134,7 +135,9 @@ pub async fn handle(
         Ok(response) => response,
         Err((reject, limit)) => {
             record.error = Some(reject.code());
-            respond::reject(reject, &record.request_id, limit.as_ref(), &snap.config.auth)
+            let mut response = respond::reject(reject, &record.request_id, limit.as_ref(), &snap.config.auth);
+            respond::allow(&mut response, reject, &snap.router);
+            response
         }
     };
     Ok(finish(response, record))
@@ -167,7 +170,8 @@ async fn run(
     let listen = &snap.config.listen;
     framing::check_limits(&parts.headers, listen.max_header_bytes, listen.max_headers).map_err(plain)?;
     framing::check(&parts.headers).map_err(plain)?;
-    let host = request_host(&parts).map_err(plain)?;
+    let host = host::request_host(&parts).map_err(plain)?;
+    let host_name = host.as_ref().map(host::route_name).transpose().map_err(plain)?;
     let path = path::normalize(parts.uri.path()).map_err(|_| plain(Reject::BadRequest))?;
     let logging = crate::access_log::enabled();
     let client_ip = conn.client_ip(&parts.headers, listen);
@@ -193,8 +197,7 @@ async fn run(
     if logging {
         record.target = target_for_log(&path, query.as_deref());
     }
-    let host_lower = host.as_ref().map(|h| lower_host(h));
-    let route_index = snap.router.find(&path, &parts.method, host_lower.as_deref()).ok_or(plain(Reject::NoRoute))?;
+    let route_index = snap.router.find(&path, &parts.method, host_name.as_deref()).map_err(plain)?;
     record.route = snap.route_names.get(route_index).cloned();
     if !client.may_call(route_index) {
         return Err(plain(Reject::Forbidden));
@@ -303,39 +306,6 @@ fn subject_allowed(client: &ClientState, conn: &ConnInfo) -> bool {
     }
     let Some(subject) = &conn.subject else { return false };
     client.tls_subjects.iter().any(|p| crate::tls::subject_matches(subject, p))
-}
-
-/// The host the request is for: the URI's authority (absolute-form or HTTP/2
-/// `:authority`) wins over `Host`; two `Host` headers are refused.
-fn request_host(parts: &Parts) -> Result<Option<HeaderValue>, Reject> {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
-    let first = hosts.next();
-    if hosts.next().is_some() {
-        return Err(Reject::BadRequest);
-    }
-    if let Some(authority) = parts.uri.authority() {
-        return HeaderValue::from_str(authority.as_str()).map(Some).map_err(|_| Reject::BadRequest);
-    }
-    // RFC 9112: an HTTP/1.1 request without Host is refused.
-    if first.is_none() && parts.version == http::Version::HTTP_11 {
-        return Err(Reject::BadRequest);
-    }
-    Ok(first.cloned())
-}
-
-/// Lower-case host name without port, for route matching.
-fn lower_host(host: &HeaderValue) -> Cow<'_, str> {
-    let s = host.to_str().unwrap_or("");
-    let name = if s.starts_with('[') {
-        s.find(']').and_then(|i| s.get(..=i)).unwrap_or(s)
-    } else {
-        s.split_once(':').map_or(s, |(name, _)| name)
-    };
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(name.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(name)
-    }
 }
 
 /// The query to forward: without the key parameter, wherever the key came from

@@ -94,16 +94,35 @@ async fn prefix_matches_only_at_a_segment_boundary() {
 }
 
 #[tokio::test]
-async fn method_outside_the_route_list_is_404() {
+async fn method_outside_the_route_list_is_405_with_allow() {
     let (one, _two, kg) = start(&route("orders", "/orders", "one", "methods = [\"GET\", \"HEAD\"]")).await;
     let ok = get(&kg.url("/orders/1"), &[("x-api-key", KEY)]).await;
     assert_eq!(ok.status, 200);
     let post = Request::post(kg.url("/orders/1")).header("x-api-key", KEY).body(Full::new(Bytes::from("{}")));
     let r = send(post.expect("request")).await;
-    assert_error(&r, 404, "no_route");
+    assert_error(&r, 405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
     let delete = Request::delete(kg.url("/orders/1")).header("x-api-key", KEY).body(Full::new(Bytes::new()));
-    assert_error(&send(delete.expect("request")).await, 404, "no_route");
+    assert_error(&send(delete.expect("request")).await, 405, "method_not_allowed");
     assert_eq!(one.count(), 1);
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn routes_sharing_a_prefix_split_the_methods_and_never_fall_back() {
+    let routes = route("all", "/", "two", "")
+        + &route("orders-read", "/orders", "one", "methods = [\"GET\"]")
+        + &route("orders-write", "/orders", "one", "methods = [\"POST\", \"PUT\"]");
+    let (one, two, kg) = start(&routes).await;
+    assert_eq!(get(&kg.url("/orders/1"), &[("x-api-key", KEY)]).await.status, 200);
+    let post = Request::post(kg.url("/orders/1")).header("x-api-key", KEY).body(Full::new(Bytes::from("{}")));
+    assert_eq!(send(post.expect("request")).await.status, 200);
+    assert_eq!(one.count(), 2);
+    let delete = Request::delete(kg.url("/Orders/1")).header("x-api-key", KEY).body(Full::new(Bytes::new()));
+    let r = send(delete.expect("request")).await;
+    assert_error(&r, 405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET, POST, PUT"));
+    assert_eq!((one.count(), two.count()), (2, 0), "DELETE did not fall back to /");
     kg.stop().await;
 }
 

@@ -362,14 +362,24 @@ fn routes(c: &mut Checker<'_>, t: &[file::RouteToml], upstreams: &[Upstream]) ->
             path: route_path(c, &r.path, &field),
             methods: r.methods.as_ref().map(|m| methods(c, m, &field)),
             upstream: upstream.unwrap_or(0),
-            host: r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
+            host: r.host.as_ref().map(|h| route_host(c, h, &field)),
             max_body: r.max_body.as_ref().and_then(|m| size(c, m, &format!("{field}.max_body"))),
         });
     }
     out
 }
 
+fn route_host(c: &mut Checker<'_>, h: &Str, field: &str) -> String {
+    crate::proxy::host::config_name(h.get_ref()).unwrap_or_else(|e| {
+        c.error(h.span(), &format!("{field}.host"), e);
+        String::new()
+    })
+}
+
 fn route_path(c: &mut Checker<'_>, p: &Str, field: &str) -> String {
+    if let Err(e) = crate::proxy::route::check_prefix(p.get_ref()) {
+        c.error(p.span(), &format!("{field}.path"), format!("\"{}\": {e}", p.get_ref()));
+    }
     match crate::proxy::path::normalize(p.get_ref()) {
         Ok(n) if n.as_ref() == "/" => "/".to_string(),
         Ok(n) => n.trim_end_matches('/').to_string(),

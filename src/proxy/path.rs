@@ -39,6 +39,16 @@ pub enum PathError {
     /// servlet containers strip before resolving dots (`/public/..;/admin`).
     #[error("dot segment with parameters")]
     DotWithParams,
+    /// A segment other than `.` and `..` ends in a dot or an encoded space
+    /// (also before its `;` parameters), which Windows servers (IIS,
+    /// ASP.NET) drop: `/admin.` is `/admin` to them.
+    #[error("segment ends in a dot or space")]
+    TrailingDot,
+    /// A segment made only of `;` parameters before another segment
+    /// (`/;x/admin`): servlet containers read it as an empty segment, which
+    /// moves their `..` one segment further than keygate's.
+    #[error("segment of parameters only")]
+    ParamsOnly,
 }
 
 /// Normalise the path part (no query) of a request target.
@@ -58,8 +68,12 @@ fn is_normal(rest: &str) -> Result<bool, PathError> {
     let mut segments = rest.split('/').peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
-        normal &= write_segment(segment, None)?;
-        refuse_dot_with_params(segment)?;
+        let escapes_normal = write_segment(segment, None)?;
+        // With escapes to decode, `rebuild` checks the decoded segment.
+        if escapes_normal {
+            check_segment(segment, last)?;
+        }
+        normal &= escapes_normal;
         // Only the final segment may be empty: that is a kept trailing slash.
         normal &= match segment {
             "" => last,
@@ -83,7 +97,7 @@ fn rebuild(rest: &str) -> Result<String, PathError> {
         write_segment(segment, Some(&mut out))?;
         // Dot segments are recognised after decoding, so `%2e%2e` is `..`.
         let written = out.get(start..).and_then(|s| s.strip_prefix('/'));
-        refuse_dot_with_params(written.unwrap_or_default())?;
+        check_segment(written.unwrap_or_default(), last)?;
         let is_dot_dot = match written {
             Some("" | ".") => false,
             Some("..") => true,
@@ -105,20 +119,37 @@ fn rebuild(rest: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
-/// Refuses `.;x`, `..;x` and `..%3Bx`: dot segments to servers that drop
-/// path parameters, ordinary names to keygate.
-fn refuse_dot_with_params(segment: &str) -> Result<(), PathError> {
-    // Only a segment that starts with a dot can be one (and the two
-    // substring searches below cost more than the rest of the check).
-    if !segment.starts_with('.') {
+/// Refuses, in a decoded segment, what other servers read as something
+/// else: `.;x`, `..;x` and `..%3Bx` (dot segments to servers that drop path
+/// parameters, ordinary names to keygate), `;x` before another segment, and
+/// names ending in a dot or space (`admin.`, `admin%20`, `admin.;x`).
+fn check_segment(segment: &str, last: bool) -> Result<(), PathError> {
+    let name = segment_name(segment);
+    if name.len() < segment.len() {
+        match name {
+            "." | ".." => return Err(PathError::DotWithParams),
+            "" if !last => return Err(PathError::ParamsOnly),
+            _ => {}
+        }
+    }
+    if matches!(segment, "." | "..") || !(folds_away(segment) || folds_away(name)) {
         return Ok(());
     }
-    let params = segment.find(';').into_iter();
-    let encoded = segment.find("%3B").into_iter().chain(segment.find("%3b"));
-    match params.chain(encoded).min().and_then(|i| segment.get(..i)) {
-        Some("." | "..") => Err(PathError::DotWithParams),
-        _ => Ok(()),
-    }
+    Err(PathError::TrailingDot)
+}
+
+/// Whether Windows would drop the end of `text` (trailing dots and spaces).
+fn folds_away(text: &str) -> bool {
+    text.ends_with('.') || text.ends_with("%20")
+}
+
+/// The part of a segment before its first `;` or `%3B` (path parameters).
+pub fn segment_name(segment: &str) -> &str {
+    let bytes = segment.as_bytes();
+    let end = bytes.iter().enumerate().position(|(i, &b)| {
+        b == b';' || (b == b'%' && bytes.get(i + 1..i + 3).is_some_and(|hex| hex.eq_ignore_ascii_case(b"3B")))
+    });
+    end.and_then(|i| segment.get(..i)).unwrap_or(segment)
 }
 
 /// Checks one segment and, given `out`, appends its normal form to it.
@@ -232,12 +263,12 @@ mod tests {
 
     #[test]
     fn decodes_unreserved() {
-        assert_eq!(ok("/%41%62%7E%2D%5F%30%2E"), "/Ab~-_0.");
+        assert_eq!(ok("/%41%62%7E%2D%5F%2E%30"), "/Ab~-_.0");
     }
 
     #[test]
     fn keeps_reserved_escapes_uppercased() {
-        assert_eq!(ok("/a%2a%3f%20"), "/a%2A%3F%20");
+        assert_eq!(ok("/a%2a%3f%20b"), "/a%2A%3F%20b");
     }
 
     #[test]
@@ -334,7 +365,49 @@ mod tests {
     #[test]
     fn keeps_other_parameters() {
         assert!(is_borrowed("/a;jsessionid=1/b;v=2"));
-        assert!(is_borrowed("/...;x/a.;b/;/%3B"));
+        assert!(is_borrowed("/.a;x/a.b;c/b%3By/;last"));
+        assert_eq!(ok("/a/b%3bx;y"), "/a/b%3Bx;y");
+    }
+
+    #[test]
+    fn refuses_segments_of_parameters_only_before_another() {
+        for p in ["/;x/admin", "/public/;x/../admin", "/%3Bx/a", "/a/%3b/b", "/;/"] {
+            assert_eq!(err(p), PathError::ParamsOnly, "{p:?}");
+        }
+        assert!(is_borrowed("/;jsessionid=1"));
+        assert!(is_borrowed("/a/;x"));
+    }
+
+    #[test]
+    fn refuses_names_ending_in_a_dot_or_space() {
+        for p in [
+            "/admin.",
+            "/admin./x",
+            "/admin..",
+            "/admin%2e",
+            "/admin%2E/x",
+            "/...",
+            "/a/.../b",
+            "/admin.;x",
+            "/admin..;/",
+            "/admin;x.",
+            "/admin%20",
+            "/admin.%20",
+            "/admin%20;x",
+            "/%2e%2e%2e/b",
+        ] {
+            assert_eq!(err(p), PathError::TrailingDot, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn segment_name_stops_at_parameters() {
+        assert_eq!(segment_name("admin;x"), "admin");
+        assert_eq!(segment_name("admin%3Bx;y"), "admin");
+        assert_eq!(segment_name("admin%3bx"), "admin");
+        assert_eq!(segment_name(";x"), "");
+        assert_eq!(segment_name("admin%3"), "admin%3");
+        assert_eq!(segment_name("admin"), "admin");
     }
 
     #[test]
@@ -384,8 +457,8 @@ mod tests {
 
     #[test]
     fn dot_like_segments_are_ordinary() {
-        assert!(is_borrowed("/.../..a/.a/a./a.."));
-        assert_eq!(ok("/%2e%2e%2e/b"), "/.../b");
+        assert!(is_borrowed("/..a/.a/a.b"));
+        assert_eq!(ok("/%2e%2e%2ea/b"), "/...a/b");
     }
 
     #[test]
@@ -410,6 +483,7 @@ mod tests {
     fn errors_have_messages() {
         assert_eq!(PathError::AboveRoot.to_string(), "path climbs above the root");
         assert_eq!(PathError::EncodedSlash.to_string(), "encoded slash in path");
+        assert_eq!(PathError::TrailingDot.to_string(), "segment ends in a dot or space");
     }
 
     /// Paths over an alphabet that keeps hitting escapes, dots and slashes.
@@ -499,6 +573,7 @@ mod tests {
                 }
                 for segment in out.split('/') {
                     prop_assert!(segment != "." && segment != "..", "dot segment in {:?}", out);
+                    prop_assert!(!segment.ends_with('.'), "trailing dot in {:?}", out);
                 }
             }
         }
@@ -506,6 +581,10 @@ mod tests {
         #[test]
         fn matches_rfc_3986_dot_removal(input in dotted_path()) {
             let expected = rfc_remove_dot_segments(&input);
+            if input.split('/').any(|s| s == "..." || s == "a.") {
+                prop_assert_eq!(normalize(&input), Err(PathError::TrailingDot));
+                return Ok(());
+            }
             match normalize(&input) {
                 Ok(out) => prop_assert_eq!(out, if expected.is_empty() { "/".to_owned() } else { expected }),
                 // RFC 3986 clamps at the root, which is exactly what is refused here.

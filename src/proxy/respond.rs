@@ -5,6 +5,7 @@ use http::Response;
 use std::sync::OnceLock;
 
 use super::rate_limit::Decision;
+use super::route::Router;
 use crate::body::ResponseBody;
 use crate::config::Auth;
 use crate::error::Reject;
@@ -59,6 +60,15 @@ pub fn reject(
     response
 }
 
+/// `Allow` on a 405: the methods of the routes at the matched prefix.
+pub fn allow(response: &mut Response<ResponseBody>, reject: Reject, router: &Router) {
+    if let Reject::MethodNotAllowed { allow } = reject {
+        if let Some(value) = router.allow(allow) {
+            response.headers_mut().insert(header::ALLOW, value.clone());
+        }
+    }
+}
+
 fn challenge(auth: &Auth) -> HeaderValue {
     if auth.schemes.iter().any(|s| s == "bearer") {
         HeaderValue::from_static("Bearer realm=\"keygate\"")
@@ -100,6 +110,7 @@ mod tests {
             Reject::InvalidKey,
             Reject::Forbidden,
             Reject::NoRoute,
+            Reject::MethodNotAllowed { allow: 0 },
             Reject::BadRequest,
             Reject::HeadersTooLarge,
             Reject::PayloadTooLarge,

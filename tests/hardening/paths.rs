@@ -88,10 +88,20 @@ const VARIANTS: &[&str] = &[
     "/public/a/b/../c",
     "/public",
     "/public/",
+    "/public/;x/../admin",
+    "/public/%3bx/../admin",
+    "/public/x./../../admin",
+    "/public/x%20/../../admin",
+    "/admin;x",
+    "/ADMIN",
+    "/Public/x",
+    "/public;x/y",
+    "/PUBLIC%3Bx/y",
 ];
 
 /// The path a lenient upstream resolves: every escape decoded, `\` as `/`,
-/// dot segments removed (also `..;`), slashes merged, lower case.
+/// dot segments removed (also `..;`), slashes merged, lower case, trailing
+/// dots and spaces dropped (Windows).
 fn lenient(uri: &str) -> String {
     let path = uri.split(['?', '#']).next().unwrap_or_default();
     let mut decoded = Vec::new();
@@ -115,7 +125,10 @@ fn lenient(uri: &str) -> String {
             ".." => {
                 out.pop();
             }
-            s => out.push(s),
+            s => match s.trim_end_matches(['.', ' ']) {
+                "" => {}
+                s => out.push(s),
+            },
         }
     }
     format!("/{}", out.join("/"))
@@ -127,6 +140,7 @@ fn lenient_reading_is_lenient() {
     assert_eq!(lenient("/public\\..\\ADMIN"), "/admin");
     assert_eq!(lenient("/public/..;/admin?x"), "/admin");
     assert_eq!(lenient("//public/./x/"), "/public/x");
+    assert_eq!(lenient("/ADMIN%2e%20;x"), "/admin");
 }
 
 #[tokio::test]
