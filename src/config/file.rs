@@ -44,6 +44,9 @@ pub struct ListenToml {
     pub max_headers: Option<Spanned<i64>>,
     pub max_concurrent_streams: Option<Spanned<i64>>,
     pub tls: Option<TlsToml>,
+    pub send_timeout: Option<Str>,
+    pub max_in_flight: Option<Spanned<i64>>,
+    pub max_in_flight_per_client: Option<Spanned<i64>>,
 }
 
 /// `[listen.tls]`: certificate files, and a CA for client certificates.
@@ -119,6 +122,7 @@ pub struct ClientToml {
     #[serde(default)]
     pub keys: Vec<KeyToml>,
     pub tls_subjects: Option<Vec<Str>>,
+    pub max_in_flight: Option<Spanned<i64>>,
 }
 
 /// One key of a client: a hash, or the name of an environment variable.

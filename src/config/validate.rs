@@ -106,6 +106,9 @@ impl Listen {
             max_headers: 100,
             max_concurrent_streams: 100,
             tls: None,
+            send_timeout: Duration::from_secs(60),
+            max_in_flight: 4096,
+            max_in_flight_per_client: 1024,
         }
     }
 }
@@ -151,6 +154,14 @@ fn listen(c: &mut Checker<'_>, t: &file::ListenToml, tls_overridden: bool) -> Op
         .try_into()
         .unwrap_or(u32::MAX),
         tls,
+        send_timeout: duration(c, &t.send_timeout, "listen.send_timeout", d.send_timeout),
+        max_in_flight: count(c, &t.max_in_flight, "listen.max_in_flight", d.max_in_flight),
+        max_in_flight_per_client: count(
+            c,
+            &t.max_in_flight_per_client,
+            "listen.max_in_flight_per_client",
+            d.max_in_flight_per_client,
+        ),
     })
 }
 
@@ -431,6 +442,10 @@ fn clients(
                     .filter_map(|(i, k)| key(c, k, &format!("{field}.keys[{i}]"), env_vars))
                     .collect(),
                 tls_subjects: cl.tls_subjects.iter().flatten().map(|s| s.get_ref().clone()).collect(),
+                max_in_flight: cl
+                    .max_in_flight
+                    .is_some()
+                    .then(|| count(c, &cl.max_in_flight, &format!("{field}.max_in_flight"), 1)),
             }
         })
         .collect()

@@ -106,6 +106,7 @@ mod tests {
             Reject::RequestTimeout,
             Reject::BadGateway,
             Reject::GatewayTimeout,
+            Reject::Overloaded,
             Reject::RateLimited { retry_after: 3 },
             Reject::TooManyFailures { retry_after: 3 },
         ] {
