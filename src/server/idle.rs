@@ -87,8 +87,12 @@ impl InFlight {
         self.0.upgraded();
     }
 
+    /// The first frame to wait gets the connection's reader to look: over
+    /// HTTP/2 nothing else would wake it while the caller's window is shut.
     fn wait_for_caller(&self) {
-        self.0.waiting.fetch_add(1, Ordering::AcqRel);
+        if self.0.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.0.reader.wake();
+        }
     }
 
     fn taken_on(&self) {

@@ -2,6 +2,7 @@
 //! the real binary), and small clients. Every server binds 127.0.0.1:0.
 #![allow(dead_code, unused_imports)]
 
+pub mod flood;
 pub mod ops;
 pub mod tls;
 pub mod upstream;
