@@ -276,3 +276,29 @@ fn requests_are_served_while_a_reload_is_under_way() {
     // block it, and no timer inside it could fire.
     finished.recv_timeout(Duration::from_secs(60)).expect("the scenario failed, or the runtime thread was blocked");
 }
+
+#[test]
+fn the_new_limits_are_read_and_checked() {
+    let up: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let path = std::path::Path::new("keygate.toml");
+    let env = Default::default();
+    let listen = "send_timeout = \"5s\"\nmax_in_flight = 7\nmax_in_flight_per_client = 3";
+    let c = keygate::config::load_str(&config(up, listen, "max_in_flight = 2"), path, &env).expect("valid");
+    assert_eq!(c.listen.send_timeout, Duration::from_secs(5));
+    assert_eq!((c.listen.max_in_flight, c.listen.max_in_flight_per_client), (7, 3));
+    let by_id = |id: &str| c.clients.iter().find(|cl| cl.id == id).expect("client").max_in_flight;
+    assert_eq!((by_id("billing"), by_id("orders")), (Some(2), None));
+    let d = keygate::config::load_str(&config(up, "", ""), path, &env).expect("valid");
+    assert_eq!(d.listen.send_timeout, Duration::from_secs(60));
+    assert_eq!((d.listen.max_in_flight, d.listen.max_in_flight_per_client), (4096, 1024));
+    for (listen, billing, field) in [
+        ("send_timeout = \"0s\"", "", "listen.send_timeout"),
+        ("send_timeout = \"soon\"", "", "listen.send_timeout"),
+        ("max_in_flight = 0", "", "listen.max_in_flight"),
+        ("max_in_flight_per_client = -1", "", "listen.max_in_flight_per_client"),
+        ("", "max_in_flight = 0", "clients.billing.max_in_flight"),
+    ] {
+        let err = keygate::config::load_str(&config(up, listen, billing), path, &env).expect_err(field).to_string();
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}

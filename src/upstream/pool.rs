@@ -35,7 +35,7 @@ const IDLE_PER_SERVER: usize = 512;
 /// only as the caller takes it, so a caller that stops reading leaves at most
 /// this much (and one chunk on its way) buffered per upstream connection,
 /// and the upstream's writes stall in its own socket buffers.
-const READ_BUF: usize = 16 * 1024;
+const READ_BUF: usize = 8 * 1024;
 
 /// Why a request could not be sent.
 #[derive(Debug, thiserror::Error)]

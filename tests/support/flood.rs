@@ -66,11 +66,17 @@ async fn serve(mut tcp: TcpStream, written: Arc<AtomicU64>) {
             if tcp.write_all(reply.as_bytes()).await.is_err() {
                 return;
             }
-            for _ in 0..BIG / chunk.len() as u64 {
-                if tcp.write_all(&chunk).await.is_err() {
-                    return;
+            // Counted as the socket takes them, partial writes included.
+            let mut left = BIG;
+            while left > 0 {
+                let piece = chunk.get(..chunk.len().min(left as usize)).unwrap_or_default();
+                match tcp.write(piece).await {
+                    Ok(n) if n > 0 => {
+                        written.fetch_add(n as u64, Ordering::AcqRel);
+                        left -= n as u64;
+                    }
+                    _ => return,
                 }
-                written.fetch_add(chunk.len() as u64, Ordering::AcqRel);
             }
         } else if tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n").await.is_err() {
             return;
