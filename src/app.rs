@@ -173,7 +173,7 @@ impl Signals {
             tokio::select! {
                 _ = self.hup.recv() => {
                     tracing::info!(target: "keygate::audit", trigger = "SIGHUP", "reloading the configuration");
-                    reload::reload(&handle.shared, path);
+                    reload::reload_off_runtime(handle.shared.clone(), path.map(Path::to_path_buf)).await;
                 }
                 signal = stop(&mut self.term, &mut self.int) => return signal,
             }

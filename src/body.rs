@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::access_log::Record;
+use crate::proxy::in_flight::Permit;
 use crate::upstream::PooledBody;
 
 /// Why a request body stopped.
@@ -90,30 +91,44 @@ enum Kind {
 
 /// A response body: keygate's own (JSON errors, admin pages) or the upstream's,
 /// streamed. Dropping it completes the request's access record.
+///
+/// The upstream's body is polled only as fast as the caller takes it (hyper
+/// asks for the next frame once its write buffer has room): a caller that
+/// stops reading stops the upstream connection's reads too, and the bytes in
+/// between are bounded by the two connections' buffers (see the listener and
+/// the upstream pool), not by the response's size.
 pub struct ResponseBody {
     kind: Kind,
     record: Option<Box<Record>>,
+    /// The request's in-flight slots, given back when the body ends.
+    permit: Option<Permit>,
 }
 
 impl ResponseBody {
     /// A body held in memory.
     pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-        ResponseBody { kind: Kind::Full(Some(bytes.into())), record: None }
+        ResponseBody { kind: Kind::Full(Some(bytes.into())), record: None, permit: None }
     }
 
     /// No body.
     pub fn empty() -> ResponseBody {
-        ResponseBody { kind: Kind::Full(None), record: None }
+        ResponseBody { kind: Kind::Full(None), record: None, permit: None }
     }
 
     /// The upstream's body, streamed.
     pub fn upstream(body: PooledBody) -> ResponseBody {
-        ResponseBody { kind: Kind::Upstream(body), record: None }
+        ResponseBody { kind: Kind::Upstream(body), record: None, permit: None }
     }
 
     /// Attach the access record finished when this body is done.
     pub fn with_record(mut self, record: Box<Record>) -> ResponseBody {
         self.record = Some(record);
+        self
+    }
+
+    /// Hold the request's in-flight slots until this body ends.
+    pub fn holding(mut self, permit: Permit) -> ResponseBody {
+        self.permit = Some(permit);
         self
     }
 
@@ -144,6 +159,10 @@ impl Body for ResponseBody {
         };
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(|f| f.data_ref().map_or(0, Bytes::len))) {
             this.count(data);
+        }
+        if frame.is_none() {
+            // Ended: the slots are free before hyper drops the body.
+            this.permit = None;
         }
         Poll::Ready(frame)
     }

@@ -28,6 +28,8 @@ pub enum Reject {
     // Upstream: the service behind keygate.
     BadGateway,
     GatewayTimeout,
+    // keygate itself: at its cap of requests in flight.
+    Overloaded,
 }
 
 impl Reject {
@@ -59,6 +61,7 @@ impl Reject {
             }
             BadGateway => (StatusCode::BAD_GATEWAY, "bad_gateway", "Upstream unavailable"),
             GatewayTimeout => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", "Upstream timed out"),
+            Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Too many requests in flight; retry shortly"),
         }
     }
 
@@ -66,6 +69,8 @@ impl Reject {
     pub fn retry_after(self) -> Option<u64> {
         match self {
             Reject::RateLimited { retry_after } | Reject::TooManyFailures { retry_after } => Some(retry_after),
+            // Slots free as responses end: usually within a second.
+            Reject::Overloaded => Some(1),
             _ => None,
         }
     }

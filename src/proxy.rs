@@ -8,6 +8,7 @@ pub mod forward;
 pub mod framing;
 pub mod headers;
 pub mod host;
+pub mod in_flight;
 pub mod path;
 pub mod rate_limit;
 pub mod respond;
@@ -208,6 +209,8 @@ async fn run(
         return Err((Reject::RateLimited { retry_after: decision.retry_after }, Some(decision)));
     }
     let with_limit = |r: Reject| (r, Some(decision));
+    let permit = in_flight::acquire(&shared.in_flight, listen.max_in_flight, &client.in_flight, client.max_in_flight)
+        .map_err(with_limit)?;
     let route = snap.router.get(route_index).ok_or(with_limit(Reject::NoRoute))?;
     check_length(&parts, route.max_body).map_err(with_limit)?;
     let upstream = snap.upstreams.get(route.upstream).ok_or(with_limit(Reject::BadGateway))?;
@@ -226,7 +229,7 @@ async fn run(
         tracing::warn!(request_id = ?record.request_id, upstream = %upstream.name, kind = f.kind(), "upstream request failed");
         with_limit(f.reject())
     })?;
-    let mut response = response.map(ResponseBody::upstream);
+    let mut response = response.map(|body| ResponseBody::upstream(body).holding(permit));
     respond::rate_limit_headers(response.headers_mut(), &decision);
     Ok(response)
 }

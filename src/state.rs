@@ -1,6 +1,7 @@
 //! The runtime snapshot: everything a request needs, built once per
 //! configuration and swapped atomically on reload.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -12,6 +13,7 @@ use rustls::ServerConfig;
 use crate::config::{Allowed, Config, Rate};
 use crate::keys::{self, KeyEntry, KeyTable};
 use crate::metrics::{KeyLabels, Metrics, Name};
+use crate::proxy::in_flight::Slots;
 use crate::proxy::rate_limit::{Limiter, LocalLimiter};
 use crate::proxy::route::Router;
 use crate::proxy::throttle::FailureThrottle;
@@ -28,6 +30,9 @@ pub struct ClientState {
     pub allowed: Allowed,
     pub limiter: Arc<dyn Limiter>,
     pub tls_subjects: Vec<String>,
+    /// Its requests in flight (carried over a reload) and their cap.
+    pub in_flight: Arc<Slots>,
+    pub max_in_flight: usize,
 }
 
 impl ClientState {
@@ -73,6 +78,9 @@ impl Snapshot {
             .collect::<Result<Vec<_>, _>>()?;
         let mut keys = KeyTable::default();
         let mut key_names = Vec::new();
+        // By id, once: a lookup per client would be quadratic in large configurations.
+        let before: HashMap<&str, &ClientState> =
+            previous.iter().flat_map(|p| &p.clients).map(|c| (&*c.id.0, c)).collect();
         let clients = config
             .clients
             .iter()
@@ -92,8 +100,10 @@ impl Snapshot {
                     id: Name::new(&c.id),
                     header_value: HeaderValue::from_str(&c.id).unwrap_or(HeaderValue::from_static("invalid")),
                     allowed: c.allowed.clone(),
-                    limiter: limiter_for(&c.id, c.rate, previous),
+                    limiter: limiter_for(c.rate, before.get(c.id.as_str()).copied()),
                     tls_subjects: c.tls_subjects.clone(),
+                    in_flight: before.get(c.id.as_str()).map_or_else(Default::default, |b| b.in_flight.clone()),
+                    max_in_flight: c.max_in_flight.unwrap_or(config.listen.max_in_flight_per_client),
                 }
             })
             .collect();
@@ -148,10 +158,8 @@ impl Snapshot {
     }
 }
 
-fn limiter_for(id: &str, rate: Rate, previous: Option<&Snapshot>) -> Arc<dyn Limiter> {
-    let kept = previous.and_then(|p| {
-        p.clients.iter().find(|c| &*c.id.0 == id).map(|c| c.limiter.clone()).filter(|l| l.rate() == rate)
-    });
+fn limiter_for(rate: Rate, previous: Option<&ClientState>) -> Arc<dyn Limiter> {
+    let kept = previous.map(|c| c.limiter.clone()).filter(|l| l.rate() == rate);
     kept.unwrap_or_else(|| Arc::new(LocalLimiter::new(rate)))
 }
 
@@ -211,6 +219,8 @@ pub struct Shared {
     pub reloading: Mutex<()>,
     /// Open tunnels, closed by a reload that takes their credential away.
     pub tunnels: Arc<Tunnels>,
+    /// Upstream requests in flight over all clients (`listen.max_in_flight`).
+    pub in_flight: Arc<Slots>,
 }
 
 impl Shared {
@@ -231,11 +241,12 @@ impl Shared {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             reloading: Mutex::new(()),
+            in_flight: Arc::default(),
         }
     }
 
-    /// Build a snapshot from `config` and swap it in.
-    pub fn replace(&self, config: Config) -> Result<(), TlsError> {
+    /// Build a snapshot from `config` and swap it in; returns the one replaced.
+    pub fn replace(&self, config: Config) -> Result<Arc<Snapshot>, TlsError> {
         let current = self.snapshot.load_full();
         let next = Snapshot::build(config, Some(&current))?;
         let kept: std::collections::HashSet<KeyLabels> = next.key_labels().map(|(l, _)| l).collect();
@@ -251,7 +262,7 @@ impl Shared {
         if closed > 0 {
             tracing::info!(target: "keygate::audit", tunnels = closed, "closing tunnels whose key or route permission was removed");
         }
-        Ok(())
+        Ok(current)
     }
 }
 

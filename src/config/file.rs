@@ -49,6 +49,9 @@ pub struct ListenToml {
     pub tunnel_idle_timeout: Option<Str>,
     pub tunnel_max_lifetime: Option<Str>,
     pub max_tunnels_per_client: Option<Spanned<i64>>,
+    pub send_timeout: Option<Str>,
+    pub max_in_flight: Option<Spanned<i64>>,
+    pub max_in_flight_per_client: Option<Spanned<i64>>,
 }
 
 /// `[listen.tls]`: certificate files, and a CA for client certificates.
@@ -130,6 +133,7 @@ pub struct ClientToml {
     #[serde(default)]
     pub keys: Vec<KeyToml>,
     pub tls_subjects: Option<Vec<Str>>,
+    pub max_in_flight: Option<Spanned<i64>>,
 }
 
 /// One key of a client: a hash, or the name of an environment variable.

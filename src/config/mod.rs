@@ -82,6 +82,12 @@ pub struct Listen {
     pub tunnel_max_lifetime: Duration,
     /// Tunnels one client may hold open at once.
     pub max_tunnels_per_client: usize,
+    /// A response the caller accepts no byte of for this long closes the connection.
+    pub send_timeout: Duration,
+    /// Upstream requests in flight at once, over all clients.
+    pub max_in_flight: usize,
+    /// Upstream requests in flight at once per client that sets no `max_in_flight`.
+    pub max_in_flight_per_client: usize,
 }
 
 /// Certificate files of the listener.
@@ -238,6 +244,8 @@ pub struct Client {
     pub keys: Vec<Key>,
     /// Certificate subjects this client must present (empty: any or none).
     pub tls_subjects: Vec<String>,
+    /// Its own cap on requests in flight; `None`: `listen.max_in_flight_per_client`.
+    pub max_in_flight: Option<usize>,
 }
 
 /// One key of a client, by its SHA-256 digest.

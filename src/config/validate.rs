@@ -111,6 +111,9 @@ impl Listen {
             tunnel_idle_timeout: Duration::from_secs(60),
             tunnel_max_lifetime: Duration::from_secs(3600),
             max_tunnels_per_client: 1000,
+            send_timeout: Duration::from_secs(60),
+            max_in_flight: 4096,
+            max_in_flight_per_client: 1024,
         }
     }
 }
@@ -167,6 +170,14 @@ fn listen(c: &mut Checker<'_>, t: &file::ListenToml, tls_overridden: bool) -> Op
             &t.max_tunnels_per_client,
             "listen.max_tunnels_per_client",
             d.max_tunnels_per_client,
+        ),
+        send_timeout: duration(c, &t.send_timeout, "listen.send_timeout", d.send_timeout),
+        max_in_flight: count(c, &t.max_in_flight, "listen.max_in_flight", d.max_in_flight),
+        max_in_flight_per_client: count(
+            c,
+            &t.max_in_flight_per_client,
+            "listen.max_in_flight_per_client",
+            d.max_in_flight_per_client,
         ),
     })
 }
@@ -467,6 +478,10 @@ fn clients(
                     .filter_map(|(i, k)| key(c, k, &format!("{field}.keys[{i}]"), env_vars))
                     .collect(),
                 tls_subjects: cl.tls_subjects.iter().flatten().map(|s| s.get_ref().clone()).collect(),
+                max_in_flight: cl
+                    .max_in_flight
+                    .is_some()
+                    .then(|| count(c, &cl.max_in_flight, &format!("{field}.max_in_flight"), 1)),
             }
         })
         .collect()

@@ -118,6 +118,7 @@ mod tests {
             Reject::TooManyTunnels,
             Reject::BadGateway,
             Reject::GatewayTimeout,
+            Reject::Overloaded,
             Reject::RateLimited { retry_after: 3 },
             Reject::TooManyFailures { retry_after: 3 },
         ] {

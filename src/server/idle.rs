@@ -51,6 +51,12 @@ pub struct Activity {
     reader: AtomicWaker,
     /// Idle for `park_after`: time to take the socket back from hyper.
     park_due: AtomicBool,
+    /// Response bodies whose last frame the connection has not taken on yet
+    /// (HTTP/2 waits for the caller's flow-control window; HTTP/1 for room
+    /// in its write buffer).
+    waiting: AtomicU64,
+    /// Frames taken on after such a wait: the caller's progress.
+    taken: AtomicU64,
 }
 
 impl Activity {
@@ -80,6 +86,19 @@ impl InFlight {
     pub fn upgraded(&self) {
         self.0.upgraded();
     }
+
+    /// The first frame to wait gets the connection's reader to look: over
+    /// HTTP/2 nothing else would wake it while the caller's window is shut.
+    fn wait_for_caller(&self) {
+        if self.0.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.0.reader.wake();
+        }
+    }
+
+    fn taken_on(&self) {
+        self.0.taken.fetch_add(1, Ordering::AcqRel);
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Drop for InFlight {
@@ -89,16 +108,27 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request in flight until it is dropped.
+/// A response body that keeps its request in flight until it is dropped,
+/// and tells the connection while a frame it gave waits for the caller.
 pub struct Tracked<B> {
     inner: B,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    /// A frame was given and the next one not asked for yet.
+    waiting: bool,
 }
 
 impl<B> Tracked<B> {
     /// Keep `in_flight` alive for as long as `inner`.
     pub fn new(inner: B, in_flight: InFlight) -> Tracked<B> {
-        Tracked { inner, _in_flight: in_flight }
+        Tracked { inner, in_flight, waiting: false }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.in_flight.taken_on();
+        }
     }
 }
 
@@ -107,7 +137,16 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        if std::mem::take(&mut this.waiting) {
+            this.in_flight.taken_on();
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) && !this.inner.is_end_stream() {
+            this.waiting = true;
+            this.in_flight.wait_for_caller();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -137,6 +176,9 @@ pub struct Timeouts {
     /// Idle this long, an HTTP/1 connection gives hyper's buffers back;
     /// `None` never parks (HTTP/2). A park time past the idle end is not used.
     pub park_after: Option<Duration>,
+    /// `send_timeout`: a write (or flush) the caller takes no byte of for
+    /// this long fails, and hyper closes the connection.
+    pub send: Duration,
 }
 
 /// A socket that tells when it has something to read: the parked wait.
@@ -186,6 +228,15 @@ pub struct IdleIo<I> {
     /// Bytes read before hyper took over (protocol sniffing, a parked
     /// hyper connection's leftovers), served before the socket's.
     rewound: Bytes,
+    /// Since the last write that made progress, every write has waited.
+    write_stalled: bool,
+    /// Rings `send_timeout` after a write first waited; made at the first
+    /// stall, so connections whose caller keeps up never allocate it.
+    write_alarm: Option<Pin<Box<Sleep>>>,
+    /// Busy with a response frame waiting for the caller: `due` is
+    /// `send_timeout` after the caller last took one.
+    caller_watched: bool,
+    taken_seen: u64,
 }
 
 impl<I> IdleIo<I> {
@@ -204,6 +255,10 @@ impl<I> IdleIo<I> {
             park_armed: false,
             idle_since: now,
             rewound: Bytes::new(),
+            write_stalled: false,
+            write_alarm: None,
+            caller_watched: false,
+            taken_seen: 0,
         }
     }
 
@@ -305,6 +360,24 @@ impl<I> IdleIo<I> {
         }
         self.finished_seen = finished;
     }
+
+    /// Busy: whether a response frame waits for the caller (an HTTP/2
+    /// caller that opens no flow-control window never stalls a write). The
+    /// deadline then is `send_timeout` after the caller last took a frame.
+    fn watch_caller(&mut self) -> bool {
+        if self.activity.waiting.load(Ordering::Acquire) == 0 {
+            self.caller_watched = false;
+            return false;
+        }
+        let taken = self.activity.taken.load(Ordering::Acquire);
+        if !self.caller_watched || taken != self.taken_seen {
+            self.caller_watched = true;
+            self.taken_seen = taken;
+            self.park_armed = false;
+            self.set_due(Instant::now() + self.timeouts.send);
+        }
+        true
+    }
 }
 
 impl<I: ReadReady> IdleIo<I> {
@@ -347,6 +420,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for IdleIo<I> {
             }
             Poll::Pending if this.phase == Phase::Busy => {
                 this.activity.reader.register(cx.waker());
+                if this.watch_caller() {
+                    return this.poll_deadline(cx).map(Err);
+                }
                 Poll::Pending
             }
             Poll::Pending if matches!(this.phase, Phase::Head | Phase::Idle) => this.poll_deadline(cx).map(Err),
@@ -358,13 +434,41 @@ impl<I: AsyncRead + Unpin> AsyncRead for IdleIo<I> {
 fn timeout_message(phase: Phase) -> &'static str {
     match phase {
         Phase::Idle => "idle_timeout: connection idle",
+        Phase::Busy => "send_timeout: the caller took no bytes of the response in time",
         _ => "header_read_timeout: request head not received in time",
+    }
+}
+
+impl<I> IdleIo<I> {
+    /// Follow a write's outcome: progress clears the stall; waiting starts
+    /// the send deadline (at the first wait) and fails once it passes.
+    fn after_write<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.write_stalled = false;
+            return polled;
+        }
+        if !self.write_stalled {
+            self.write_stalled = true;
+            let due = Instant::now() + self.timeouts.send;
+            match self.write_alarm.as_mut() {
+                Some(alarm) => alarm.as_mut().reset(due),
+                None => self.write_alarm = Some(Box::pin(tokio::time::sleep_until(due))),
+            }
+        }
+        match self.write_alarm.as_mut().map(|alarm| alarm.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "send_timeout: the caller took no bytes of the response in time",
+            ))),
+            _ => Poll::Pending,
+        }
     }
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.after_write(cx, written)
     }
 
     fn poll_write_vectored(
@@ -372,15 +476,18 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.after_write(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
 
+    /// TLS flushes its records here: the caller's stall shows here too.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        self.after_write(cx, flushed)
     }
 
     /// Swallowed while parking: hyper closes its connection, not the socket.
@@ -388,7 +495,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
         if self.activity.park_due() {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let closed = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.after_write(cx, closed)
     }
 }
 
@@ -400,11 +508,12 @@ mod tests {
 
     const HEAD: Duration = Duration::from_millis(200);
     const IDLE: Duration = Duration::from_millis(600);
+    const SEND: Duration = Duration::from_millis(300);
 
     fn pair() -> (IdleIo<tokio::io::DuplexStream>, tokio::io::DuplexStream, Arc<Activity>) {
         let (ours, theirs) = tokio::io::duplex(64);
         let activity = Arc::new(Activity::default());
-        let timeouts = Timeouts { head: HEAD, idle: IDLE, park_after: None };
+        let timeouts = Timeouts { head: HEAD, idle: IDLE, park_after: None, send: SEND };
         (IdleIo::new(ours, activity.clone(), timeouts), theirs, activity)
     }
 
@@ -510,7 +619,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let activity = Arc::new(Activity::default());
-        let timeouts = Timeouts { head: HEAD, idle: IDLE, park_after: Some(park_after) };
+        let timeouts = Timeouts { head: HEAD, idle: IDLE, park_after: Some(park_after), send: SEND };
         (IdleIo::new(server, activity.clone(), timeouts), client, activity)
     }
 
@@ -573,6 +682,89 @@ mod tests {
         let err = read_one_tcp(&mut io).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(!activity.park_due());
+    }
+
+    /// Write into `io` until the peer's buffer is full and a write waits.
+    async fn fill(io: &mut IdleIo<tokio::io::DuplexStream>) {
+        let chunk = [0u8; 16];
+        loop {
+            let blocked =
+                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *io).poll_write(cx, &chunk).is_pending())).await;
+            if blocked {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn write_the_caller_takes_nothing_of_fails_at_the_send_timeout() {
+        let (mut io, _peer, _) = pair();
+        fill(&mut io).await;
+        let start = Instant::now();
+        let err = io.write_all(b"more").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("send_timeout"), "{err}");
+        assert!(around(start.elapsed(), SEND), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_keeps_taking_bytes_is_not_cut() {
+        let (mut io, mut peer, _) = pair();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let mut got = 0;
+            while got < 64 * 8 {
+                tokio::time::sleep(SEND / 3).await;
+                got += peer.read(&mut buf).await.unwrap();
+            }
+            got
+        });
+        // 512 bytes through a 64-byte pipe, 16 bytes per SEND/3: stalls of
+        // SEND/3 each, many SENDs in all.
+        io.write_all(&[7u8; 64 * 8]).await.unwrap();
+        assert!(reader.await.unwrap() >= 64 * 7);
+    }
+
+    /// A body of `frames` one-byte frames, tracked on `activity`.
+    fn tracked(activity: &Arc<Activity>, frames: usize) -> Tracked<http_body_util::StreamBody<BoxedFrames>> {
+        let frames: Vec<Result<Frame<Bytes>, io::Error>> =
+            (0..frames).map(|_| Ok(Frame::data(Bytes::from_static(b"x")))).collect();
+        let stream: BoxedFrames = Box::pin(futures_util::stream::iter(frames));
+        Tracked::new(http_body_util::StreamBody::new(stream), activity.begin())
+    }
+
+    type BoxedFrames = Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, io::Error>> + Send>>;
+
+    #[tokio::test]
+    async fn a_frame_left_waiting_for_the_caller_ends_the_connection_at_the_send_timeout() {
+        use http_body_util::BodyExt;
+        let (mut io, _peer, activity) = pair();
+        let mut body = tracked(&activity, 3);
+        body.frame().await.unwrap().unwrap();
+        // Like HTTP/2 without a window from the caller: the next frame is not asked for.
+        let start = Instant::now();
+        let err = read_one(&mut io).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("send_timeout"), "{err}");
+        assert!(around(start.elapsed(), SEND), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn frames_taken_on_keep_the_connection() {
+        use http_body_util::BodyExt;
+        let (mut io, mut peer, activity) = pair();
+        let mut body = tracked(&activity, 4);
+        let taker = tokio::spawn(async move {
+            for _ in 0..4 {
+                body.frame().await.unwrap().unwrap();
+                tokio::time::sleep(SEND / 2).await;
+            }
+            drop(body);
+            peer.write_all(b"z").await.unwrap();
+            peer
+        });
+        assert_eq!(read_one(&mut io).await.unwrap(), b'z', "not cut while the caller kept taking frames");
+        drop(taker.await.unwrap());
     }
 
     async fn read_one_tcp(io: &mut IdleIo<TcpStream>) -> io::Result<u8> {

@@ -96,18 +96,22 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
 
 async fn connection(mut tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>, drain: Drain, slot: Slot) {
     let _ = tcp.set_nodelay(true);
+    // Held only while a PROXY header is read (bounded by header_read_timeout);
+    // then copied out and let go: a held connection must not keep a whole
+    // configuration (every key) alive after a reload.
     let snap = shared.snapshot.load_full();
-    let listen = &snap.config.listen;
-    let Some(remote) = super::proxy_protocol::accept(&mut tcp, remote, listen).await else { return };
-    match snap.tls.clone() {
+    let Some(remote) = super::proxy_protocol::accept(&mut tcp, remote, &snap.config.listen).await else { return };
+    let (limits, tls) = (Limits::of(&snap.config.listen), snap.tls.clone());
+    drop(snap);
+    match tls {
         None => {
             let info = ConnInfo::new(remote, false, None).holding(slot);
-            http(tcp, None, info, shared.clone(), listen, drain).await;
+            http(tcp, None, info, shared, limits, drain).await;
         }
         Some(config) => {
             // Boxed, handshake and stream: rustls' state (over 1 KiB) would
             // otherwise size every connection's task, plain ones included.
-            let timeout = listen.header_read_timeout;
+            let timeout = limits.header_read_timeout;
             let accepted = Box::pin(async move {
                 let stream = super::tls::accept(config, tcp, timeout).await?;
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -117,7 +121,7 @@ async fn connection(mut tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>,
             match accepted {
                 Ok((subject, h2, stream)) => {
                     let info = ConnInfo::new(remote, true, subject).holding(slot);
-                    http(stream, Some(h2), info, shared.clone(), listen, drain).await;
+                    http(stream, Some(h2), info, shared, limits, drain).await;
                 }
                 Err(e) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
             }
@@ -125,34 +129,70 @@ async fn connection(mut tcp: TcpStream, remote: SocketAddr, shared: Arc<Shared>,
     }
 }
 
+/// What a connection keeps of the configuration it was accepted under.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    send_timeout: Duration,
+    max_header_bytes: usize,
+    max_headers: usize,
+    max_concurrent_streams: u32,
+}
+
+impl Limits {
+    fn of(listen: &Listen) -> Limits {
+        Limits {
+            header_read_timeout: listen.header_read_timeout,
+            idle_timeout: listen.idle_timeout,
+            send_timeout: listen.send_timeout,
+            max_header_bytes: listen.max_header_bytes,
+            max_headers: listen.max_headers,
+            max_concurrent_streams: listen.max_concurrent_streams,
+        }
+    }
+}
+
+/// HTTP/2 data buffered per stream towards the caller (hyper's default is
+/// 400 KiB): with 100 streams whose caller does not read, 6.4 MiB, not 40.
+const H2_SEND_BUF: usize = 64 * 1024;
+
+/// HTTP/2 receive windows: request body bytes a caller may send ahead of
+/// keygate's reads, per stream and per connection (hyper's defaults: 1 MiB each).
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONN_WINDOW: u32 = 1024 * 1024;
+
 /// hyper's own header limits sit this many times above keygate's, so that
 /// keygate sees a request between the two and answers its JSON 431
 /// ([`crate::proxy::framing`]); beyond them hyper answers a bare 431 or resets.
 const HYPER_HEADER_MARGIN: usize = 2;
 
-fn http1_builder(listen: &Listen) -> http1::Builder {
-    let head_bytes = listen.max_header_bytes.saturating_mul(HYPER_HEADER_MARGIN);
+fn http1_builder(limits: &Limits) -> http1::Builder {
+    let head_bytes = limits.max_header_bytes.saturating_mul(HYPER_HEADER_MARGIN);
     let mut b = http1::Builder::new();
     // No hyper header_read_timeout: it would also cut idle keep-alive
     // connections; `IdleIo` keeps both deadlines apart.
     b.header_read_timeout(None)
         .max_buf_size(head_bytes.max(8192))
-        .max_headers(listen.max_headers.saturating_mul(HYPER_HEADER_MARGIN))
+        .max_headers(limits.max_headers.saturating_mul(HYPER_HEADER_MARGIN))
         .writev(false)
         .keep_alive(true);
     b
 }
 
-fn http2_builder(listen: &Listen) -> http2::Builder<TokioExecutor> {
-    let head_bytes = listen.max_header_bytes.saturating_mul(HYPER_HEADER_MARGIN);
+fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
+    let head_bytes = limits.max_header_bytes.saturating_mul(HYPER_HEADER_MARGIN);
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
-        .max_concurrent_streams(listen.max_concurrent_streams)
+        .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(head_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(100))
-        .keep_alive_interval(Some(listen.idle_timeout))
-        .keep_alive_timeout(listen.header_read_timeout);
+        .keep_alive_interval(Some(limits.idle_timeout))
+        .keep_alive_timeout(limits.header_read_timeout)
+        .max_send_buf_size(H2_SEND_BUF)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONN_WINDOW);
     b
 }
 
@@ -219,7 +259,7 @@ where
 /// Serve one connection: HTTP/2 for its whole life, or HTTP/1 in rounds of
 /// one hyper connection each, parked in between (see [`super::idle`]).
 /// `h2` is ALPN's answer on TLS, `None` on plain TCP (sniffed).
-async fn http<I>(io: I, h2: Option<bool>, info: ConnInfo, shared: Arc<Shared>, listen: &Listen, mut drain: Drain)
+async fn http<I>(io: I, h2: Option<bool>, info: ConnInfo, shared: Arc<Shared>, limits: Limits, mut drain: Drain)
 where
     I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
@@ -242,8 +282,12 @@ where
             }
         })
     };
-    let timeouts =
-        Timeouts { head: listen.header_read_timeout, idle: listen.idle_timeout, park_after: Some(PARK_AFTER) };
+    let timeouts = Timeouts {
+        head: limits.header_read_timeout,
+        idle: limits.idle_timeout,
+        park_after: Some(PARK_AFTER),
+        send: limits.send_timeout,
+    };
     let mut io = IdleIo::new(io, activity.clone(), timeouts);
     let h2 = match h2 {
         Some(h2) => h2,
@@ -254,13 +298,13 @@ where
     };
     if h2 {
         io.never_park();
-        let mut conn = Box::pin(http2_builder(listen).serve_connection(TokioIo::new(io), service));
+        let mut conn = Box::pin(http2_builder(&limits).serve_connection(TokioIo::new(io), service));
         if let (Err(e), _) = drive(conn.as_mut(), |c| c.graceful_shutdown(), &mut drain, || false).await {
             tracing::debug!(error = %e, "connection ended with an error");
         }
         return;
     }
-    let http1 = http1_builder(listen);
+    let http1 = http1_builder(&limits);
     loop {
         let mut conn = Box::pin(http1.serve_connection(TokioIo::new(io), service.clone()).with_upgrades());
         match drive(conn.as_mut(), |c| c.graceful_shutdown(), &mut drain, || activity.park_due()).await {
@@ -296,7 +340,12 @@ mod tests {
 
     async fn sniffed(pieces: &[&[u8]]) -> (bool, Vec<u8>) {
         let (ours, mut theirs) = tokio::io::duplex(8192);
-        let timeouts = Timeouts { head: Duration::from_secs(5), idle: Duration::from_secs(5), park_after: None };
+        let timeouts = Timeouts {
+            head: Duration::from_secs(5),
+            idle: Duration::from_secs(5),
+            park_after: None,
+            send: Duration::from_secs(5),
+        };
         let mut io = IdleIo::new(ours, Arc::new(Activity::default()), timeouts);
         let pieces: Vec<Vec<u8>> = pieces.iter().map(|p| p.to_vec()).collect();
         let writer = tokio::spawn(async move {

@@ -31,6 +31,13 @@ type Sender = SendRequest<RequestBody>;
 /// Idle connections kept per server; more are closed when they finish.
 const IDLE_PER_SERVER: usize = 512;
 
+/// The most an upstream connection reads ahead of the caller (hyper's
+/// minimum is 8 KiB, its default about 400 KiB). A response body is read
+/// only as the caller takes it, so a caller that stops reading leaves at most
+/// this much (and one chunk on its way) buffered per upstream connection,
+/// and the upstream's writes stall in its own socket buffers.
+const READ_BUF: usize = 8 * 1024;
+
 /// Why a request could not be sent.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -168,7 +175,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (sender, conn) = http1::Builder::new().writev(false).handshake(TokioIo::new(io)).await?;
+    let (sender, conn) = http1::Builder::new().writev(false).max_buf_size(READ_BUF).handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended");

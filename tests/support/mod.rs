@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod failover;
+pub mod flood;
 pub mod ops;
 pub mod tls;
 pub mod upstream;
