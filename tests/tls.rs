@@ -16,6 +16,8 @@ mod handshake;
 mod mtls;
 #[path = "tls/reload.rs"]
 mod reload;
+#[path = "tls/subjects.rs"]
+mod subjects;
 #[path = "tls/upstreams.rs"]
 mod upstreams;
 

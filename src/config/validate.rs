@@ -472,10 +472,24 @@ fn clients(
                     .enumerate()
                     .filter_map(|(i, k)| key(c, k, &format!("{field}.keys[{i}]"), env_vars))
                     .collect(),
-                tls_subjects: cl.tls_subjects.iter().flatten().map(|s| s.get_ref().clone()).collect(),
+                tls_subjects: cl.tls_subjects.iter().flatten().filter_map(|s| subject(c, s, &field)).collect(),
             }
         })
         .collect()
+}
+
+/// One `tls_subjects` entry: `K=V` pairs, each attribute once.
+fn subject(c: &mut Checker<'_>, s: &Str, field: &str) -> Option<String> {
+    if crate::tls::subject_pattern(s.get_ref()).is_none() {
+        let message = format!(
+            "\"{}\" is not a subject like \"CN=billing\" or \"CN=billing, O=Acme\" \
+             (attribute=value pairs, each attribute once)",
+            s.get_ref()
+        );
+        c.error(s.span(), &format!("{field}.tls_subjects"), message);
+        return None;
+    }
+    Some(s.get_ref().clone())
 }
 
 fn allowed(c: &mut Checker<'_>, list: &Spanned<Vec<Str>>, routes: &[Route], field: &str) -> Allowed {
