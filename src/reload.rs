@@ -44,12 +44,14 @@ pub fn reload(shared: &Shared, path: Option<&Path>) -> bool {
 
 /// Whether a change to `changed` may change the configuration file `name`:
 /// the file itself, or the `..data` link Kubernetes swaps to update a
-/// mounted ConfigMap or Secret (the file is a symlink through it).
+/// mounted ConfigMap or Secret (the file is a symlink through it). Exact
+/// names only: a log file next to the config (`..data.log`, `keygate.toml.log`)
+/// must not trigger a reload, whose log line would trigger the next.
 fn concerns(changed: &Path, name: Option<&std::ffi::OsStr>) -> bool {
     let Some(changed) = changed.file_name() else {
         return false;
     };
-    Some(changed) == name || changed.to_str().is_some_and(|n| n.starts_with("..data"))
+    Some(changed) == name || changed == "..data"
 }
 
 /// Reload whenever `path` changes on disk. Watches the folder, so editors
@@ -93,7 +95,9 @@ mod tests {
         let name = Some(OsStr::new("keygate.toml"));
         assert!(concerns(Path::new("/etc/keygate/keygate.toml"), name));
         assert!(concerns(Path::new("/etc/keygate/..data"), name));
-        assert!(concerns(Path::new("/etc/keygate/..data_tmp"), name));
+        assert!(!concerns(Path::new("/etc/keygate/..data_tmp"), name), "renamed to ..data, which is seen");
+        assert!(!concerns(Path::new("/etc/keygate/..data.log"), name));
+        assert!(!concerns(Path::new("/etc/keygate/keygate.toml.log"), name));
         assert!(!concerns(Path::new("/etc/keygate/keygate.toml.keygen-tmp"), name));
         assert!(!concerns(Path::new("/etc/keygate/other.toml"), name));
     }
