@@ -99,15 +99,18 @@ async fn prune_throttle(shared: Arc<Shared>, stop: impl std::future::Future<Outp
 /// file changes, drain on the first stop signal, exit at once on the second.
 pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let summary = summary(&config);
+    let watched = reload::watched_files(path.as_deref(), &config);
     let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
     let mut signals = Signals::new()?;
     let mut handle = start(config).await?;
     // Watch before announcing the listeners, so no edit made after start-up is missed.
-    let _watcher = match &path {
-        Some(p) => {
-            Some(reload::watch(handle.shared.clone(), p.clone()).context("cannot watch the configuration file")?)
-        }
-        None => None,
+    // The config file and the certificate files, in every mode (env-only too).
+    let _watcher = match watched.is_empty() {
+        true => None,
+        false => Some(
+            reload::watch(handle.shared.clone(), path.clone(), &watched)
+                .context("cannot watch the configuration and certificate files")?,
+        ),
     };
     println!(
         "{}",

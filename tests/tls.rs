@@ -4,6 +4,8 @@
 
 mod support;
 
+#[path = "tls/cert_watch.rs"]
+mod cert_watch;
 #[path = "tls/check.rs"]
 mod check;
 #[path = "tls/cli_clients.rs"]
