@@ -1,20 +1,28 @@
 # keygate container image.
 #
 #   docker build -t keygate .
+#   podman build --format docker -t keygate .   # podman: keep the HEALTHCHECK (OCI drops it)
 #
 # Sidecar, configured from the environment alone (see config/sidecar.env):
 #   docker run --env-file config/sidecar.env --network container:orders-app \
-#     -v "$PWD/tls:/etc/keygate/tls:ro" keygate
+#     --stop-timeout 35 -v "$PWD/tls:/etc/keygate/tls:ro" keygate
 #
 # Gateway, configured from a mounted file (see config/gateway.toml):
 #   docker run -v "$PWD/config/gateway.toml:/etc/keygate/keygate.toml:ro" \
-#     -v "$PWD/tls:/etc/keygate/tls:ro" -p 8443:8443 \
-#     keygate serve -c /etc/keygate/keygate.toml
-#   (or -e KEYGATE_CONFIG=/etc/keygate/keygate.toml instead of -c)
+#     -e KEYGATE_CONFIG=/etc/keygate/keygate.toml --stop-timeout 35 \
+#     -v "$PWD/tls:/etc/keygate/tls:ro" -p 8443:8443 keygate
+#   (KEYGATE_CONFIG rather than `serve -c`, so the health check reads the same file)
 #
-# Mounted files must be readable by uid 65532.
+# --stop-timeout (compose: stop_grace_period: 35s) must exceed the drain,
+# listen.shutdown_grace or KEYGATE_SHUTDOWN_GRACE (default 30s): engines send
+# SIGKILL 10 s after `stop` otherwise, cutting requests in flight.
+#
+# Mounted files must be readable by uid 65532 (see certs/README.md).
 # No KEYGATE_CONFIG is set here on purpose: with none, keygate reads its
 # config from KEYGATE_* variables, which is what a sidecar wants.
+#
+# A smaller runtime without a shell or package manager:
+#   docker build --target distroless -t keygate:distroless .
 
 ARG RUST_VERSION=1
 
@@ -39,8 +47,23 @@ COPY . .
 RUN cargo build --release --locked \
  && install -D -m 0755 target/release/keygate /out/keygate
 
+# ------------------------------------------------------- distroless runtime
+# Same binary on distroless "cc" (glibc, CA certificates, no shell), built only
+# with --target distroless. Its nonroot user is uid 65532, like the default.
+FROM gcr.io/distroless/cc-debian12:nonroot AS distroless
+COPY --from=builder /out/keygate /usr/local/bin/keygate
+USER 65532:65532
+ENV KEYGATE_LISTEN=0.0.0.0:8443 \
+    KEYGATE_ADMIN=0.0.0.0:9901
+EXPOSE 8443 9901
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/keygate", "healthcheck"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/keygate"]
+CMD ["serve"]
+
 # ---------------------------------------------------------------- runtime
-# Debian slim, the same release the builder links against (glibc), plus CA
+# The default target (last stage). Debian slim, the same release the builder links against (glibc), plus CA
 # certificates for https upstreams; nothing else is installed.
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -66,10 +89,13 @@ ENV KEYGATE_LISTEN=0.0.0.0:8443 \
 # /readyz, /metrics; for probes and scraping, do not publish it publicly.
 EXPOSE 8443 9901
 
-# Exits 0 when /healthz answers 200. Assumes the admin port above; if you move
-# KEYGATE_ADMIN, override with --health-cmd.
+# Exits 0 when keygate's own /healthz answers on the admin address serve uses
+# (KEYGATE_ADMIN, else [admin] of $KEYGATE_CONFIG): it follows a moved
+# KEYGATE_ADMIN, and another server on that port does not count as healthy.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["/usr/local/bin/keygate", "healthcheck", "http://127.0.0.1:9901/healthz"]
+    CMD ["/usr/local/bin/keygate", "healthcheck"]
+
+STOPSIGNAL SIGTERM
 
 ENTRYPOINT ["/usr/local/bin/keygate"]
 CMD ["serve"]

@@ -15,6 +15,10 @@ use tokio::net::TcpListener;
 use crate::body::ResponseBody;
 use crate::state::Shared;
 
+/// A header only keygate's `/healthz` sends: `keygate healthcheck` requires
+/// it, so another server answering 200 on the admin port is not "healthy".
+pub const HEALTH_MARKER: &str = "keygate-health";
+
 /// Serve admin requests until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
@@ -47,7 +51,11 @@ async fn answer(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into()));
     }
     let response = match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/healthz" => {
+            let mut r = text(StatusCode::OK, "ok\n".into());
+            r.headers_mut().insert(HEALTH_MARKER, HeaderValue::from_static("ok"));
+            r
+        }
         "/readyz" => {
             let ready = shared.ready.load(Ordering::Acquire) && !shared.draining.load(Ordering::Acquire);
             match ready {

@@ -34,6 +34,16 @@ impl Handle {
         let _ = self.stop.send(true);
     }
 
+    /// Resolves only if a listener task ends before [`Handle::shutdown`]:
+    /// what went wrong (a panic's message is printed by the panic hook).
+    pub async fn failed(&mut self) -> String {
+        match self.tasks.join_next().await {
+            Some(Err(e)) if e.is_panic() => "a listener task panicked".into(),
+            Some(_) => "a listener task ended".into(),
+            None => std::future::pending().await,
+        }
+    }
+
     /// Wait until every listener has finished draining.
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
@@ -120,15 +130,18 @@ async fn health_checks(shared: Arc<Shared>, stop: impl std::future::Future<Outpu
 /// file changes, drain on the first stop signal, exit at once on the second.
 pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let summary = summary(&config);
+    let watched = reload::watched_files(path.as_deref(), &config);
     let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
     let mut signals = Signals::new()?;
-    let handle = start(config).await?;
+    let mut handle = start(config).await?;
     // Watch before announcing the listeners, so no edit made after start-up is missed.
-    let _watcher = match &path {
-        Some(p) => {
-            Some(reload::watch(handle.shared.clone(), p.clone()).context("cannot watch the configuration file")?)
-        }
-        None => None,
+    // The config file and the certificate files, in every mode (env-only too).
+    let _watcher = match watched.is_empty() {
+        true => None,
+        false => Some(
+            reload::watch(handle.shared.clone(), path.clone(), &watched)
+                .context("cannot watch the configuration and certificate files")?,
+        ),
     };
     println!(
         "{}",
@@ -139,7 +152,12 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     for w in &warnings {
         tracing::warn!(target: "keygate::audit", warning = %w, "configuration warning");
     }
-    let signal = signals.until_stop(&handle, path.as_deref()).await;
+    let shared = handle.shared.clone();
+    let signal = tokio::select! {
+        signal = signals.until_stop(&shared, path.as_deref()) => signal,
+        // A listener that ends (a panic) before a stop signal would leave a live process serving nothing.
+        failure = handle.failed() => anyhow::bail!("{failure}; exiting"),
+    };
     handle.shutdown();
     let grace = handle.shared.snapshot.load().config.listen.shutdown_grace;
     tracing::info!(target: "keygate::audit", signal, grace = ?grace, "draining");
@@ -168,12 +186,12 @@ impl Signals {
     }
 
     /// Reload on each SIGHUP; return the name of the first stop signal.
-    async fn until_stop(&mut self, handle: &Handle, path: Option<&Path>) -> &'static str {
+    async fn until_stop(&mut self, shared: &Arc<Shared>, path: Option<&Path>) -> &'static str {
         loop {
             tokio::select! {
                 _ = self.hup.recv() => {
                     tracing::info!(target: "keygate::audit", trigger = "SIGHUP", "reloading the configuration");
-                    reload::reload_off_runtime(handle.shared.clone(), path.map(Path::to_path_buf)).await;
+                    reload::reload_off_runtime(shared.clone(), path.map(Path::to_path_buf)).await;
                 }
                 signal = stop(&mut self.term, &mut self.int) => return signal,
             }

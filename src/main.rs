@@ -60,12 +60,16 @@ enum Command {
     /// Try keygate: an echo upstream, a key and a certificate, all on loopback.
     #[command(after_help = "Example:\n  keygate demo")]
     Demo,
-    /// Exit 0 when the admin health endpoint answers 200 (for container health checks).
-    #[command(after_help = "Example:\n  keygate healthcheck http://127.0.0.1:9901/healthz")]
+    /// Exit 0 when keygate's admin /healthz answers (for container health checks).
+    #[command(
+        after_help = "Examples:\n  keygate healthcheck                      # KEYGATE_ADMIN, else [admin] of $KEYGATE_CONFIG\n  keygate healthcheck -c keygate.toml\n  keygate healthcheck http://127.0.0.1:9901/healthz"
+    )]
     Healthcheck {
-        /// The URL to probe.
-        #[arg(default_value = "http://127.0.0.1:9901/healthz")]
-        url: String,
+        /// The URL to probe (default: /healthz on the admin address `serve` would use).
+        url: Option<String>,
+        /// Configuration file whose [admin] address to probe (default: $KEYGATE_CONFIG).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -79,7 +83,7 @@ fn main() -> ExitCode {
         Command::Hash => cli::hash::run(),
         Command::Routes { config, format } => cli::routes::run(config, format),
         Command::Demo => cli::demo::run(),
-        Command::Healthcheck { url } => cli::healthcheck::run(&url),
+        Command::Healthcheck { url, config } => cli::healthcheck::run(url.as_deref(), config),
     };
     ExitCode::from(code)
 }

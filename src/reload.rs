@@ -78,42 +78,78 @@ fn apply(shared: &Shared, path: Option<&Path>) -> Option<Arc<Snapshot>> {
     result.ok().map(|(old, _)| old)
 }
 
-/// Whether a change to `changed` may change the configuration file `name`:
-/// the file itself, or the `..data` link Kubernetes swaps to update a
-/// mounted ConfigMap or Secret (the file is a symlink through it).
-fn concerns(changed: &Path, name: Option<&std::ffi::OsStr>) -> bool {
-    let Some(changed) = changed.file_name() else {
-        return false;
-    };
-    Some(changed) == name || changed.to_str().is_some_and(|n| n.starts_with("..data"))
+/// The files a reload reads that may change on disk: the configuration file
+/// (if any) and the listener's certificate, key and client CA.
+pub fn watched_files(path: Option<&Path>, config: &crate::config::Config) -> Vec<PathBuf> {
+    let tls = config.listen.tls.iter().flat_map(|t| [Some(&t.cert), Some(&t.key), t.client_ca.as_ref()]);
+    path.into_iter().map(Path::to_path_buf).chain(tls.flatten().cloned()).collect()
 }
 
-/// Reload whenever `path` changes on disk. Watches the folder, so editors
-/// that replace the file (rename over it) are seen too; events are debounced.
-pub fn watch(shared: Arc<Shared>, path: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
+/// A watched folder and the names in it that matter.
+type Watched = Vec<(PathBuf, Vec<std::ffi::OsString>)>;
+
+/// The folder of each file (`.` for a bare name), with the file names in it.
+fn by_folder(files: &[PathBuf]) -> Watched {
+    let mut out: Watched = Vec::new();
+    for file in files {
+        let (Some(name), folder) = (file.file_name(), file.parent()) else { continue };
+        let folder = match folder {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        match out.iter_mut().find(|(f, _)| *f == folder) {
+            Some((_, names)) => names.push(name.to_os_string()),
+            None => out.push((folder, vec![name.to_os_string()])),
+        }
+    }
+    out
+}
+
+/// Whether a change to `changed` may change a watched file: the file itself
+/// in its folder, or that folder's `..data` link, which Kubernetes swaps to
+/// update a mounted ConfigMap or Secret (the files are symlinks through it).
+/// Exact names only: a log file next to the config (`..data.log`,
+/// `keygate.toml.log`) must not trigger a reload, whose log line would
+/// trigger the next.
+fn concerns(changed: &Path, watched: &Watched) -> bool {
+    let (Some(name), Some(folder)) = (changed.file_name(), changed.parent()) else {
+        return false;
+    };
+    let folder = if folder.as_os_str().is_empty() { Path::new(".") } else { folder };
+    watched.iter().any(|(f, names)| f == folder && (name == "..data" || names.iter().any(|n| n == name)))
+}
+
+/// Reload whenever one of `files` changes on disk. Watches their folders, so
+/// editors that replace a file (rename over it) and symlink swaps are seen
+/// too; events are debounced. `path` is the configuration file (none: the
+/// environment alone), read again on each reload.
+pub fn watch(
+    shared: Arc<Shared>,
+    path: Option<PathBuf>,
+    files: &[PathBuf],
+) -> notify::Result<notify::RecommendedWatcher> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let name = path.file_name().map(|n| n.to_os_string());
+    let watched = by_folder(files);
+    let folders: Vec<PathBuf> = watched.iter().map(|(f, _)| f.clone()).collect();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if event.kind.is_access() {
             return;
         }
-        if event.paths.iter().any(|p| concerns(p, name.as_deref())) {
+        if event.paths.iter().any(|p| concerns(p, &watched)) {
             let _ = tx.send(());
         }
     })?;
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    watcher.watch(&folder, RecursiveMode::NonRecursive)?;
+    for folder in &folders {
+        watcher.watch(folder, RecursiveMode::NonRecursive)?;
+    }
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            // Let an editor finish writing before reading.
+            // Let an editor (or a renewal writing certificate then key) finish before reading.
             tokio::time::sleep(Duration::from_millis(100)).await;
             while rx.try_recv().is_ok() {}
             tracing::info!(target: "keygate::audit", trigger = "file change", "reloading the configuration");
-            reload_off_runtime(shared.clone(), Some(path.clone())).await;
+            reload_off_runtime(shared.clone(), path.clone()).await;
         }
     });
     Ok(watcher)
@@ -122,15 +158,34 @@ pub fn watch(shared: Arc<Shared>, path: PathBuf) -> notify::Result<notify::Recom
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ffi::OsStr;
 
     #[test]
-    fn only_the_file_and_kubernetes_data_links_matter() {
-        let name = Some(OsStr::new("keygate.toml"));
-        assert!(concerns(Path::new("/etc/keygate/keygate.toml"), name));
-        assert!(concerns(Path::new("/etc/keygate/..data"), name));
-        assert!(concerns(Path::new("/etc/keygate/..data_tmp"), name));
-        assert!(!concerns(Path::new("/etc/keygate/keygate.toml.keygen-tmp"), name));
-        assert!(!concerns(Path::new("/etc/keygate/other.toml"), name));
+    fn only_the_files_and_kubernetes_data_links_matter() {
+        let files = [PathBuf::from("/etc/keygate/keygate.toml"), PathBuf::from("/run/tls/tls.crt")];
+        let watched = by_folder(&files);
+        let yes = ["/etc/keygate/keygate.toml", "/etc/keygate/..data", "/run/tls/tls.crt", "/run/tls/..data"];
+        for p in yes {
+            assert!(concerns(Path::new(p), &watched), "{p}");
+        }
+        let no = [
+            "/etc/keygate/..data_tmp",
+            "/etc/keygate/..data.log",
+            "/etc/keygate/keygate.toml.log",
+            "/etc/keygate/keygate.toml.keygen-tmp",
+            "/etc/keygate/other.toml",
+            "/etc/keygate/tls.crt",
+            "/run/tls/keygate.toml",
+            "/elsewhere/..data",
+        ];
+        for p in no {
+            assert!(!concerns(Path::new(p), &watched), "{p}");
+        }
+    }
+
+    #[test]
+    fn bare_names_are_in_the_current_folder() {
+        let watched = by_folder(&[PathBuf::from("keygate.toml")]);
+        assert_eq!(watched, vec![(PathBuf::from("."), vec![std::ffi::OsString::from("keygate.toml")])]);
+        assert!(concerns(Path::new("./keygate.toml"), &watched));
     }
 }

@@ -192,7 +192,11 @@ fn is_ca(cert: &CertificateDer<'_>) -> bool {
     matches!(parsed.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
 }
 
-/// The subject of a peer certificate as `(attribute, value)` pairs, e.g. `("CN", "billing")`.
+/// The subject of a peer certificate as `(attribute, value)` pairs, e.g.
+/// `("CN", "billing")`, every attribute of every RDN (a multi-valued RDN
+/// gives several). An attribute without a short name keeps its dotted OID,
+/// and a value that is not a string reads `#` (never equal to a pattern's
+/// value), so nothing in the subject is silently left out of a match.
 pub fn subject_of(cert: &CertificateDer<'_>) -> Vec<(String, String)> {
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
         return Vec::new();
@@ -201,37 +205,108 @@ pub fn subject_of(cert: &CertificateDer<'_>) -> Vec<(String, String)> {
     parsed
         .subject()
         .iter_attributes()
-        .filter_map(|attr| {
-            let name = x509_parser::objects::oid2abbrev(attr.attr_type(), registry).ok()?;
-            Some((name.to_string(), attr.as_str().ok()?.to_string()))
+        .map(|attr| {
+            let name = x509_parser::objects::oid2abbrev(attr.attr_type(), registry)
+                .map_or_else(|_| attr.attr_type().to_id_string(), str::to_string);
+            (name, attr.as_str().map_or_else(|_| "#".to_string(), str::to_string))
         })
         .collect()
 }
 
-/// Whether `subject` holds every `K=V` of `pattern` (e.g. `"CN=billing, O=Acme"`).
+/// The `K=V` parts of a `tls_subjects` entry, trimmed; `None` when one is
+/// not `K=V` with both sides non-empty, or when an attribute is named twice.
+pub fn subject_pattern(pattern: &str) -> Option<Vec<(&str, &str)>> {
+    let mut parts: Vec<(&str, &str)> = Vec::new();
+    for part in pattern.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').map(|(k, v)| (k.trim(), v.trim()))?;
+        if k.is_empty() || v.is_empty() || parts.iter().any(|(seen, _)| seen.eq_ignore_ascii_case(k)) {
+            return None;
+        }
+        parts.push((k, v));
+    }
+    (!parts.is_empty()).then_some(parts)
+}
+
+/// Whether `subject` is exactly `pattern` (e.g. `"CN=billing, O=Acme"`), in
+/// any order: each named attribute occurs once in the subject with that
+/// value, and the subject holds no other attribute. So one certificate
+/// matches one binding at most, and a subject that repeats an attribute
+/// (`CN=reporting, CN=billing`, or a multi-valued RDN) matches no binding
+/// that names it.
 pub fn subject_matches(subject: &[(String, String)], pattern: &str) -> bool {
-    let mut wanted = pattern.split(',').map(str::trim).filter(|p| !p.is_empty()).peekable();
-    wanted.peek().is_some()
-        && wanted.all(|part| {
-            part.split_once('=').is_some_and(|(k, v)| {
-                subject.iter().any(|(sk, sv)| sk.eq_ignore_ascii_case(k.trim()) && sv == v.trim())
-            })
+    // Parsed on the fly, twice, rather than into a Vec: this runs per request.
+    let parts = || {
+        pattern.split(',').map(str::trim).filter(|p| !p.is_empty()).map(|p| {
+            p.split_once('=').map(|(k, v)| (k.trim(), v.trim())).filter(|(k, v)| !k.is_empty() && !v.is_empty())
         })
+    };
+    let once_with_value = |(k, v): (&str, &str)| {
+        let mut same = subject.iter().filter(|(sk, _)| sk.eq_ignore_ascii_case(k));
+        matches!((same.next(), same.next()), (Some((_, sv)), None) if sv == v)
+    };
+    let mut any = false;
+    for part in parts() {
+        match part {
+            Some(kv) if once_with_value(kv) => any = true,
+            _ => return false,
+        }
+    }
+    let named = |sk: &str| parts().flatten().any(|(k, _)| k.eq_ignore_ascii_case(sk));
+    any && subject.iter().all(|(sk, _)| named(sk))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn subject() -> Vec<(String, String)> {
-        vec![("CN".into(), "billing".into()), ("O".into(), "Acme".into())]
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
-    fn subject_pattern_matches_subset() {
-        assert!(subject_matches(&subject(), "CN=billing"));
-        assert!(subject_matches(&subject(), "cn=billing, O=Acme"));
-        assert!(!subject_matches(&subject(), "CN=orders"));
-        assert!(!subject_matches(&subject(), ""));
+    fn a_subject_matches_only_the_pattern_equal_to_it() {
+        let billing_acme = pairs(&[("CN", "billing"), ("O", "Acme")]);
+        type Pairs<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Pairs<'_>, &str, bool)] = &[
+            (&[("CN", "billing")], "CN=billing", true),
+            (&[("CN", "billing")], "cn = billing", true),
+            (&[("CN", "billing")], "CN=Billing", false),
+            (&[("CN", "billing")], "CN=orders", false),
+            (&[("CN", "billing")], "", false),
+            (&[("CN", "billing")], "CN=billing, O=Acme", false),
+            (&[("CN", "billing"), ("O", "Acme")], "O=Acme, CN=billing", true),
+            (&[("CN", "billing"), ("O", "Acme")], "CN=billing", false),
+            // Repeated attribute, or a multi-valued RDN (flattened the same way).
+            (&[("CN", "reporting"), ("CN", "billing")], "CN=billing", false),
+            (&[("CN", "reporting"), ("CN", "billing")], "CN=reporting", false),
+            (&[("CN", "reporting"), ("CN", "billing")], "CN=reporting, CN=billing", false),
+            (&[("CN", "billing"), ("CN", "billing")], "CN=billing", false),
+            // An attribute without a short name, or a value that is not a string.
+            (&[("CN", "billing"), ("1.2.3.4", "x")], "CN=billing", false),
+            (&[("CN", "#")], "CN=#", true),
+            // The same pair twice is the same binding (`check` refuses it anyway).
+            (&[("CN", "billing")], "CN=billing, CN=billing", true),
+            (&[("CN", "")], "CN=", false),
+            (&[("CN", "billing")], "CN", false),
+        ];
+        for (subject, pattern, want) in cases {
+            assert_eq!(subject_matches(&pairs(subject), pattern), *want, "{subject:?} against {pattern:?}");
+        }
+        assert!(subject_matches(&billing_acme, "CN=billing,O=Acme"));
+    }
+
+    #[test]
+    fn one_subject_never_matches_two_distinct_patterns() {
+        let subjects = [
+            pairs(&[("CN", "a")]),
+            pairs(&[("CN", "a"), ("CN", "b")]),
+            pairs(&[("CN", "a"), ("O", "x")]),
+            pairs(&[("CN", "b"), ("O", "x"), ("OU", "y")]),
+        ];
+        let patterns = ["CN=a", "CN=b", "CN=a, O=x", "O=x, CN=b", "CN=b, O=x, OU=y", "O=x", "CN=a, CN=b"];
+        for s in &subjects {
+            let hits: Vec<_> = patterns.iter().filter(|p| subject_matches(s, p)).collect();
+            assert!(hits.len() <= 1, "{s:?} matched {hits:?}");
+        }
     }
 }

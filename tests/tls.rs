@@ -4,6 +4,8 @@
 
 mod support;
 
+#[path = "tls/cert_watch.rs"]
+mod cert_watch;
 #[path = "tls/check.rs"]
 mod check;
 #[path = "tls/cli_clients.rs"]
@@ -16,6 +18,8 @@ mod handshake;
 mod mtls;
 #[path = "tls/reload.rs"]
 mod reload;
+#[path = "tls/subjects.rs"]
+mod subjects;
 #[path = "tls/upstreams.rs"]
 mod upstreams;
 

@@ -96,7 +96,8 @@ fn add_to(file: &Path, client: &str, hash: &str, retire_after: Option<&str>) -> 
 
 fn retire_time(s: &str) -> Result<String, String> {
     let d: Duration = crate::config::parse_duration(s)?;
-    let at = time::OffsetDateTime::now_utc() + d;
+    let now = time::OffsetDateTime::now_utc();
+    let at = time::Duration::try_from(d).ok().and_then(|d| now.checked_add(d)).ok_or("is too long")?;
     let at = at.replace_nanosecond(0).unwrap_or(at);
     at.format(&time::format_description::well_known::Rfc3339).map_err(|e| e.to_string())
 }
@@ -161,10 +162,44 @@ fn later_than(existing: &str, at: &str) -> bool {
     }
 }
 
+/// Replace the file's content atomically and keep what it was: through a
+/// symlink, the link stays and its target is written; the new file is made
+/// in the target's own folder (so the rename stays on one file system) with
+/// the old file's mode and owner.
 fn write_atomically(file: &Path, text: &str) -> Result<(), String> {
-    let tmp = file.with_extension("toml.keygen-tmp");
-    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, file).map_err(|e| format!("cannot replace {}: {e}", file.display()))
+    let target = std::fs::canonicalize(file).map_err(|e| format!("cannot resolve {}: {e}", file.display()))?;
+    let meta = std::fs::metadata(&target).map_err(|e| format!("cannot read {}: {e}", target.display()))?;
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = target.with_file_name(format!(".{name}.keygen-tmp"));
+    let written = write_like(&tmp, text, &meta)
+        .and_then(|()| std::fs::rename(&tmp, &target).map_err(|e| format!("cannot replace {}: {e}", target.display())));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Write `text` to a new file `tmp` with the mode and owner of `like`.
+fn write_like(tmp: &Path, text: &str, like: &std::fs::Metadata) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", tmp.display());
+    // Created private, so the key hashes are never readable by more than the old file allowed.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(|e| fail("create", e))?;
+    f.write_all(text.as_bytes()).map_err(|e| fail("write", e))?;
+    let created = f.metadata().map_err(|e| fail("read", e))?;
+    if (created.uid(), created.gid()) != (like.uid(), like.gid()) {
+        // Not allowed (not root, not the owner): fail and leave the file as it was.
+        std::os::unix::fs::fchown(&f, Some(like.uid()), Some(like.gid()))
+            .map_err(|e| fail(&format!("give owner {}:{} to", like.uid(), like.gid()), e))?;
+    }
+    f.set_permissions(like.permissions()).map_err(|e| fail("set the mode of", e))?;
+    f.sync_all().map_err(|e| fail("sync", e))
 }
 
 #[cfg(test)]

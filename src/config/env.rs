@@ -28,6 +28,7 @@ pub(super) fn apply(c: &mut Checker<'_>, config: &mut Config, env: &Env, default
             Err(_) => bad(c, "KEYGATE_ADMIN", format!("\"{v}\" is not an address like 127.0.0.1:9901")),
         }
     }
+    shutdown_grace(c, config, env);
     tls(c, config, env);
     upstream(c, config, env);
     clients(c, config, env, default_rate);
@@ -47,6 +48,7 @@ const KNOWN: &[&str] = &[
     "KEYGATE_LOG_FORMAT",
     "KEYGATE_TRUSTED_PROXIES",
     "KEYGATE_PROXY_PROTOCOL",
+    "KEYGATE_SHUTDOWN_GRACE",
 ];
 
 /// Variables keygate reads by prefix, followed by a client id.
@@ -66,6 +68,18 @@ fn unknown(c: &mut Checker<'_>, env: &Env) {
 
 fn bad(c: &mut Checker<'_>, var: &str, message: String) {
     c.push(Origin::Env(var.to_string()), "", message);
+}
+
+/// `KEYGATE_SHUTDOWN_GRACE` over `listen.shutdown_grace`: an env-only sidecar
+/// must be able to fit the drain inside its container's stop timeout.
+fn shutdown_grace(c: &mut Checker<'_>, config: &mut Config, env: &Env) {
+    const VAR: &str = "KEYGATE_SHUTDOWN_GRACE";
+    let Some(v) = env.get(VAR).filter(|v| !v.is_empty()) else { return };
+    match super::validate::parse_duration(v) {
+        Ok(d) if super::validate::DURATION_RANGE.contains(&d) => config.listen.shutdown_grace = d,
+        Ok(_) => bad(c, VAR, "must be from 1ms to 24h".into()),
+        Err(e) => bad(c, VAR, e),
+    }
 }
 
 fn tls(c: &mut Checker<'_>, config: &mut Config, env: &Env) {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -149,13 +149,20 @@ fn listen(c: &mut Checker<'_>, t: &file::ListenToml, tls_overridden: bool) -> Op
         body_timeout: duration(c, &t.body_timeout, "listen.body_timeout", d.body_timeout),
         idle_timeout,
         max_connections: count(c, &t.max_connections, "listen.max_connections", d.max_connections),
-        max_header_bytes: count(c, &t.max_header_bytes, "listen.max_header_bytes", d.max_header_bytes).max(1024),
-        max_headers: count(c, &t.max_headers, "listen.max_headers", d.max_headers),
-        max_concurrent_streams: count(
+        max_header_bytes: count_in(
+            c,
+            &t.max_header_bytes,
+            "listen.max_header_bytes",
+            d.max_header_bytes,
+            1024..=1024 * 1024,
+        ),
+        max_headers: count_in(c, &t.max_headers, "listen.max_headers", d.max_headers, 1..=1000),
+        max_concurrent_streams: count_in(
             c,
             &t.max_concurrent_streams,
             "listen.max_concurrent_streams",
             d.max_concurrent_streams as usize,
+            1..=10_000,
         )
         .try_into()
         .unwrap_or(u32::MAX),
@@ -210,20 +217,47 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The range every duration setting must fall in: shorter is below the
+/// timer's resolution, longer is a mistake (and would overflow a deadline).
+pub const DURATION_RANGE: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(24 * 3600);
+
 fn duration(c: &mut Checker<'_>, v: &Option<Str>, field: &str, default: Duration) -> Duration {
     let Some(v) = v else { return default };
-    parse_duration(v.get_ref()).unwrap_or_else(|e| {
-        c.error(v.span(), field, e);
-        default
-    })
+    match parse_duration(v.get_ref()) {
+        Ok(d) if DURATION_RANGE.contains(&d) => d,
+        Ok(_) => {
+            c.error(v.span(), field, "must be from 1ms to 24h");
+            default
+        }
+        Err(e) => {
+            c.error(v.span(), field, e);
+            default
+        }
+    }
 }
 
+/// The range of a count with no range of its own: 1 to a million.
+pub const COUNT_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+
 fn count(c: &mut Checker<'_>, v: &Option<Spanned<i64>>, field: &str, default: usize) -> usize {
+    count_in(c, v, field, default, COUNT_RANGE)
+}
+
+/// A whole number in `range`; out of it, an error naming the range (a value
+/// out of range would otherwise be clamped or panic when serving).
+fn count_in(
+    c: &mut Checker<'_>,
+    v: &Option<Spanned<i64>>,
+    field: &str,
+    default: usize,
+    range: RangeInclusive<usize>,
+) -> usize {
     let Some(v) = v else { return default };
     match usize::try_from(*v.get_ref()) {
-        Ok(n) if n > 0 => n,
+        Ok(n) if range.contains(&n) => n,
         _ => {
-            c.error(v.span(), field, "must be a whole number above zero");
+            let (lo, hi) = (range.start(), range.end());
+            c.error(v.span(), field, format!("must be a whole number from {lo} to {hi}"));
             default
         }
     }
@@ -282,8 +316,9 @@ fn scheme(c: &mut Checker<'_>, s: &Str) -> Option<String> {
 fn rate(c: &mut Checker<'_>, r: &file::RateToml, field: &str) -> Rate {
     let per_second = *r.per_second.get_ref();
     let mut ok = true;
-    if !(per_second.is_finite() && per_second > 0.0 && per_second <= 1e9) {
-        c.error(r.per_second.span(), &format!("{field}.per_second"), "must be above zero");
+    // Below about one a day the refill interval is no longer a timer's business.
+    if !(per_second.is_finite() && (1e-5..=1e9).contains(&per_second)) {
+        c.error(r.per_second.span(), &format!("{field}.per_second"), "must be from 0.00001 to 1000000000");
         ok = false;
     }
     let burst = u32::try_from(*r.burst.get_ref()).ok().filter(|b| *b > 0);
@@ -333,6 +368,13 @@ pub(super) fn server_url(c: &mut Checker<'_>, s: &Str, field: &str) -> Option<ht
 }
 
 pub(super) fn parse_server_url(s: &str) -> Result<http::Uri, String> {
+    if s.contains('@') {
+        // user:password@host: a credential, not shown, and not forwarded either.
+        return Err(format!(
+            "the URL starting {} holds a user name or password; give http(s)://host[:port]",
+            prefix_of(s)
+        ));
+    }
     let bad = || format!("\"{s}\" is not a server URL like http://10.0.0.5:8080");
     let uri: http::Uri = s.parse().map_err(|_| bad())?;
     let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
@@ -477,7 +519,7 @@ fn clients(
                     .enumerate()
                     .filter_map(|(i, k)| key(c, k, &format!("{field}.keys[{i}]"), env_vars))
                     .collect(),
-                tls_subjects: cl.tls_subjects.iter().flatten().map(|s| s.get_ref().clone()).collect(),
+                tls_subjects: cl.tls_subjects.iter().flatten().filter_map(|s| subject(c, s, &field)).collect(),
                 max_in_flight: cl
                     .max_in_flight
                     .is_some()
@@ -485,6 +527,20 @@ fn clients(
             }
         })
         .collect()
+}
+
+/// One `tls_subjects` entry: `K=V` pairs, each attribute once.
+fn subject(c: &mut Checker<'_>, s: &Str, field: &str) -> Option<String> {
+    if crate::tls::subject_pattern(s.get_ref()).is_none() {
+        let message = format!(
+            "\"{}\" is not a subject like \"CN=billing\" or \"CN=billing, O=Acme\" \
+             (attribute=value pairs, each attribute once)",
+            s.get_ref()
+        );
+        c.error(s.span(), &format!("{field}.tls_subjects"), message);
+        return None;
+    }
+    Some(s.get_ref().clone())
 }
 
 /// Where `[clients.<id>]` is written: its first grant, else its header.
@@ -548,9 +604,9 @@ fn resolve<'w>(
 
 fn key(c: &mut Checker<'_>, k: &file::KeyToml, field: &str, env_vars: &Env) -> Option<Key> {
     let digest = match (&k.hash, &k.env) {
-        (Some(h), None) => {
-            keys::parse_hash(h.get_ref()).map_err(|e| c.error(h.span(), &format!("{field}.hash"), e)).ok()
-        }
+        (Some(h), None) => keys::parse_hash(h.get_ref())
+            .map_err(|_| c.error(h.span(), &format!("{field}.hash"), bad_hash(h.get_ref())))
+            .ok(),
         (None, Some(var)) => match env_vars.get(var.get_ref()).filter(|v| !v.is_empty()) {
             Some(plain) => {
                 if let Some(problem) = env::short_key(var.get_ref(), plain) {
@@ -559,11 +615,7 @@ fn key(c: &mut Checker<'_>, k: &file::KeyToml, field: &str, env_vars: &Env) -> O
                 Some(keys::digest(plain.as_bytes()))
             }
             None => {
-                c.error(
-                    var.span(),
-                    &format!("{field}.env"),
-                    format!("environment variable {} is not set", var.get_ref()),
-                );
+                c.error(var.span(), &format!("{field}.env"), unset_variable(var.get_ref()));
                 None
             }
         },
@@ -586,6 +638,51 @@ fn key(c: &mut Checker<'_>, k: &file::KeyToml, field: &str, env_vars: &Env) -> O
     let span = k.hash.as_ref().or(k.env.as_ref()).map_or(0..0, |s| s.span());
     let origin = KeyOrigin::File { field: field.to_string(), span };
     Some(Key { digest: digest?, not_before, expires, origin })
+}
+
+/// How much of a value that may be a secret a message may show.
+const SHOWN_PREFIX: usize = 4;
+
+/// The first few characters of `s` and an ellipsis: enough to recognise a
+/// value, too little to use it.
+fn prefix_of(s: &str) -> String {
+    let shown: String = s.chars().take(SHOWN_PREFIX).collect();
+    format!("\"{shown}…\"")
+}
+
+/// Why `s` is not a `sha256:` hash, without echoing it: a plain key pasted
+/// here must not reach the terminal or the reload log.
+pub(super) fn bad_hash(s: &str) -> String {
+    let hint = "run `echo \"$KEY\" | keygate hash` to get the hash of a key";
+    let Some(hex_part) = s.strip_prefix("sha256:") else {
+        return format!(
+            "the value starting {} is not a hash: a hash is \"sha256:\" and 64 hex digits, \
+             and a plain key never goes in the file; {hint}",
+            prefix_of(s)
+        );
+    };
+    let what = match hex_part.chars().position(|ch| !ch.is_ascii_hexdigit()) {
+        Some(i) => format!("character {} after \"sha256:\" is not a hex digit", i + 1),
+        None => format!("\"sha256:\" is followed by {} hex digits, not 64", hex_part.len()),
+    };
+    format!("not a valid hash: {what}; {hint}")
+}
+
+/// A conventional variable name (`BILLING_KEY`) is shown; anything else may
+/// be a key pasted in the wrong field, so only its first characters are.
+fn unset_variable(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && !name.starts_with(|ch: char| ch.is_ascii_digit());
+    match plain {
+        true => format!("environment variable {name} is not set"),
+        false => format!(
+            "no environment variable named by the value starting {} is set; a variable name is \
+             upper-case letters, digits and '_', and `env` names the variable that holds the key, never the key",
+            prefix_of(name)
+        ),
+    }
 }
 
 fn expiry_warning(c: &mut Checker<'_>, expires: i64, span: Range<usize>, field: &str) {
@@ -713,4 +810,45 @@ fn health_check(c: &mut Checker<'_>, h: &Spanned<file::HealthCheckToml>, field: 
     let healthy = threshold(c, &t.healthy, "healthy", 2);
     let unhealthy = threshold(c, &t.unhealthy, "unhealthy", 3);
     HealthCheck { path, interval, timeout, healthy, unhealthy }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "kg_4fT9qZxYb2LmN8pRsVw3HcK7dJ1eGuA6oQiE5tBn0yXa2b3c4";
+
+    #[test]
+    fn a_bad_hash_is_described_without_being_echoed() {
+        let uuid = "0b7e4c7e-9a51-4c3b-8f0e-8d3c1f5b2a90";
+        let cases = [
+            (KEY, "kg_4…", "not a hash"),
+            (uuid, "0b7e…", "not a hash"),
+            ("sha256:abc", "", "followed by 3 hex digits"),
+            ("sha256:0b7e4c7e-9a51-4c3b-8f0e-8d3c1f5b2a90aaaaaaaaaaaaaaaaaaaaaaaaaaaa", "", "character 9"),
+        ];
+        for (value, shown, why) in cases {
+            let m = bad_hash(value);
+            assert!(m.contains(shown) && m.contains(why), "{value}: {m}");
+            assert!(m.contains("keygate hash"), "{m}");
+            let secret = value.trim_start_matches("sha256:");
+            assert!(!m.contains(secret.get(4..12).unwrap_or(secret)), "{value} echoed: {m}");
+        }
+    }
+
+    #[test]
+    fn an_unset_variable_name_is_shown_only_when_it_looks_like_one() {
+        assert!(unset_variable("BILLING_KEY").contains("BILLING_KEY is not set"));
+        for pasted in [KEY, "0b7e4c7e-9a51-4c3b-8f0e-8d3c1f5b2a90", "lower_case_key_value_123"] {
+            let m = unset_variable(pasted);
+            assert!(!m.contains(pasted.get(4..).unwrap_or(pasted)), "{m}");
+        }
+    }
+
+    #[test]
+    fn a_server_url_with_a_password_is_refused_without_echo() {
+        let e = parse_server_url("http://svc:hunter22secret@10.0.0.5:8080").unwrap_err();
+        assert!(!e.contains("hunter22"), "{e}");
+        assert!(parse_server_url("http://10.0.0.5:8080").is_ok());
+    }
 }

@@ -104,6 +104,16 @@ impl Ca {
         self.issue(params)
     }
 
+    /// A client certificate with `CN=cn` and `edit` applied to its parameters
+    /// (e.g. more subject attributes).
+    pub fn client_with(&self, cn: &str, edit: impl FnOnce(&mut CertificateParams)) -> Issued {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        edit(&mut params);
+        self.issue(params)
+    }
+
     fn issue(&self, params: CertificateParams) -> Issued {
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign leaf");
