@@ -46,7 +46,7 @@ pub fn reject(
         h.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     if matches!(reject, Reject::MissingKey | Reject::InvalidKey) {
-        h.insert(header::WWW_AUTHENTICATE, challenge(auth));
+        h.insert(header::WWW_AUTHENTICATE, auth.challenge.clone());
     }
     if matches!(reject, Reject::BadRequest | Reject::HeadersTooLarge) {
         // An ambiguous request may have left the stream in an unknown state;
@@ -57,14 +57,6 @@ pub fn reject(
         rate_limit_headers(h, decision);
     }
     response
-}
-
-fn challenge(auth: &Auth) -> HeaderValue {
-    if auth.schemes.iter().any(|s| s == "bearer") {
-        HeaderValue::from_static("Bearer realm=\"keygate\"")
-    } else {
-        HeaderValue::from_static("ApiKey realm=\"keygate\"")
-    }
 }
 
 /// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.

@@ -77,6 +77,7 @@ mod tests {
             upstream: 0,
             host: host.map(str::to_string),
             max_body: None,
+            request_headers: Default::default(),
         }
     }
 
