@@ -88,25 +88,37 @@ pub struct Owned<'a> {
 
 /// Whether `name` must never be passed on from a caller.
 fn must_strip(name: &str, owned: &Owned<'_>) -> bool {
-    HOP_BY_HOP.iter().any(|h| dashed_eq(name, h))
-        || METHOD_OVERRIDES.iter().any(|m| dashed_eq(name, m))
-        || SPOOFABLE.iter().any(|m| dashed_eq(name, m))
-        || PATH_OVERRIDES.iter().any(|m| dashed_eq(name, m))
-        || dashed_prefix(name, "proxy-")
-        || dashed_prefix(name, "x-forwarded-")
-        || gateway_identity(name)
+    always_stripped(name)
         || dashed_eq(name, owned.key_header.as_str())
         || dashed_eq(name, owned.identity_header.as_str())
         || owned.credential_header.is_some_and(|h| dashed_eq(name, h.as_str()))
         || owned.remove.iter().any(|p| pattern_matches(p, name))
 }
 
+/// The fixed lists, looked up by first letter: a header like `accept` or
+/// `user-agent` is cleared with one comparison instead of thirty.
+fn always_stripped(name: &str) -> bool {
+    let any = |list: &[&str]| list.iter().any(|h| dashed_eq(name, h));
+    match name.as_bytes().first() {
+        Some(b'x') => {
+            dashed_prefix(name, "x-forwarded-")
+                || any(&METHOD_OVERRIDES)
+                || any(&SPOOFABLE)
+                || any(&PATH_OVERRIDES)
+                || gateway_identity(name)
+        }
+        Some(b'c' | b'k' | b't' | b'u') => any(&HOP_BY_HOP),
+        Some(b'f') => any(&SPOOFABLE),
+        Some(b'p') => dashed_prefix(name, "proxy-"),
+        Some(b'g' | b'r') => gateway_identity(name),
+        _ => false,
+    }
+}
+
 /// Whether `name` is another gateway's identity header, in any spelling.
 pub fn gateway_identity(name: &str) -> bool {
-    // Every entry starts with one of these letters: most names stop here.
-    matches!(name.as_bytes().first(), Some(b'x' | b'g' | b'r'))
-        && (GATEWAY_IDENTITY.iter().any(|h| dashed_eq(name, h))
-            || GATEWAY_IDENTITY_PREFIXES.iter().any(|p| dashed_prefix(name, p)))
+    GATEWAY_IDENTITY.iter().any(|h| dashed_eq(name, h))
+        || GATEWAY_IDENTITY_PREFIXES.iter().any(|p| dashed_prefix(name, p))
 }
 
 /// Whether a configured name or prefix covers `name`, in any spelling.
@@ -485,6 +497,21 @@ mod tests {
         };
         set_forwarded(&mut h, &o, f);
         assert_eq!(h.get("x-credential-id").unwrap(), "2026-12");
+    }
+
+    #[test]
+    fn every_fixed_list_entry_is_stripped_in_both_spellings() {
+        let lists = [&HOP_BY_HOP[..], &METHOD_OVERRIDES, &SPOOFABLE, &PATH_OVERRIDES, &GATEWAY_IDENTITY];
+        for name in lists.iter().flat_map(|l| l.iter()) {
+            assert!(always_stripped(name) && always_stripped(&name.replace('-', "_")), "{name}");
+        }
+        for prefix in GATEWAY_IDENTITY_PREFIXES.iter().chain(&["x-forwarded-", "proxy-"]) {
+            let name = format!("{prefix}anything");
+            assert!(always_stripped(&name) && always_stripped(&name.replace('-', "_")), "{name}");
+        }
+        for kept in ["accept", "user-agent", "content-type", "x-kept", "cookie", "remote-addr-note", "te-x"] {
+            assert!(!always_stripped(kept), "{kept}");
+        }
     }
 
     #[test]
