@@ -321,3 +321,31 @@ fn check_refuses_bad_and_duplicate_key_names() {
     );
     assert!(refused(&gateway_config(&[up], "", &twice)).contains("clients.b.keys[1].name"));
 }
+
+#[test]
+fn keygen_name_is_printed_written_and_checked() {
+    let dir = tempdir();
+    let file = dir.path().join("keygate.toml");
+    let up: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    std::fs::write(&file, basic_config(up, KEY, "")).expect("write config");
+    let keygen = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("run")
+    };
+    let out = keygen(&["keygen", "--client", "billing", "--name", "2026-12", "--add-to", "keygate.toml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l == "name: 2026-12"));
+    let text = std::fs::read_to_string(&file).expect("read config");
+    assert!(text.contains("name = \"2026-12\""), "{text}");
+    let checked = keygen(&["check", "-c", "keygate.toml"]);
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    let again = keygen(&["keygen", "--client", "billing", "--name", "2026-12", "--add-to", "keygate.toml"]);
+    assert!(again.status.success());
+    let twice = keygen(&["check", "-c", "keygate.toml"]);
+    assert_eq!(twice.status.code(), Some(2), "two keys named alike are refused");
+    let bad = keygen(&["keygen", "--name", "a b"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
