@@ -44,7 +44,7 @@ fn snapshot(keys: usize, routes: usize) -> Snapshot {
 
 fn decide(snap: &Snapshot, headers: &HeaderMap, path: &str) -> bool {
     let Ok(presented) = auth::extract(headers, None, &snap.config.auth) else { return false };
-    let Ok(entry) = auth::identify(&snap.keys, &presented.key, 1_800_000_000) else { return false };
+    let Ok(entry) = auth::identify(&snap.keys, &presented.credential, 1_800_000_000) else { return false };
     let Ok(route) = snap.router.find(path, &Method::GET, None) else { return false };
     let Some(client) = snap.clients.get(entry.client as usize) else { return false };
     client.may_call(route) && client.limiter.check().allowed
@@ -79,19 +79,21 @@ fn header_rewrite(c: &mut Criterion) {
     }
     let key_header = http::HeaderName::from_static("x-api-key");
     let identity = http::HeaderName::from_static("x-client-id");
-    let owned = headers::Owned { key_header: &key_header, identity_header: &identity };
+    let owned =
+        headers::Owned { key_header: &key_header, identity_header: &identity, credential_header: None, remove: &[] };
     let client = HeaderValue::from_static("billing");
     let rid = HeaderValue::from_static("abc-1");
     c.bench_function("header_rewrite", |b| {
         b.iter(|| {
             let mut h = base.clone();
-            headers::sanitize_request(&mut h, &owned, false);
+            headers::sanitize_request(&mut h, &owned, auth::Copies::default());
             let f = headers::Forwarded {
                 client_id: &client,
                 remote_ip: HeaderValue::from_static("127.0.0.1"),
                 proto: "http",
                 host: None,
                 request_id: &rid,
+                credential: None,
             };
             headers::set_forwarded(&mut h, &owned, f);
             black_box(h)

@@ -10,7 +10,7 @@ use std::path::Path;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use keygate::config::Auth;
-use keygate::proxy::auth::{self, KeySource};
+use keygate::proxy::auth::{self, Copies, Credential};
 use keygate::proxy::headers::{self, dashed_eq, dashed_prefix, Forwarded, Owned};
 use keygate::proxy::path;
 
@@ -55,7 +55,8 @@ const CONFIGS: [(&str, &str, Option<&str>); 3] = [
     ("apikey", "x-caller", Some("key")),
 ];
 
-/// Read `data` as a tiny request: byte 0 picks a configuration, line 1 is the
+/// Read `data` as a tiny request: byte 0 picks a configuration (and bit 2
+/// whether raw keys in `Authorization` are on), line 1 is the
 /// query, every further line is `name: value`. Malformed lines are skipped,
 /// as hyper would never hand them over.
 pub fn check_headers(data: &[u8]) {
@@ -67,6 +68,9 @@ pub fn check_headers(data: &[u8]) {
         query_param: query_param.map(str::to_string),
         identity_header: HeaderName::from_static(identity_name),
         max_failures_per_minute: 20,
+        raw_authorization: pick & 4 != 0,
+        credential_header: None,
+        challenge: HeaderValue::from_static("Bearer realm=\"keygate\""),
     };
     let mut lines = rest.split(|b| *b == b'\n');
     let query = lines.next().and_then(|q| std::str::from_utf8(q).ok()).filter(|q| !q.is_empty());
@@ -83,34 +87,76 @@ pub fn check_headers(data: &[u8]) {
 }
 
 fn check_sanitize(mut map: HeaderMap, query: Option<&str>, auth: &Auth) {
-    let source = auth::extract(&map, query, auth).ok().map(|p| p.source);
-    if let (Some(KeySource::Query), Some(name), Some(q)) = (source, auth.query_param.as_deref(), query) {
-        let kept = auth::strip_query_param(q, name);
-        assert!(kept.as_deref().and_then(|k| auth::query_value(k, name)).is_none(), "key survives in the query");
+    let presented = auth::extract(&map, query, auth).ok();
+    let (key, copies) = match presented {
+        Some(p) => {
+            let Credential::Key { value, .. } = p.credential;
+            (Some(value.into_owned()), p.copies)
+        }
+        None => (None, Copies::default()),
+    };
+    if let (Some(_), Some(name), Some(q)) = (&key, auth.query_param.as_deref(), query) {
+        let kept = if copies.query { auth::strip_query_param(q, name) } else { Some(q.to_string()) };
+        let survives = kept.as_deref().is_some_and(|k| {
+            k.split('&').any(|pair| auth::param_is(pair.split_once('=').map_or(pair, |(n, _)| n), name))
+        });
+        assert!(!survives, "a key parameter survives in the query {kept:?}");
     }
-    let owned = Owned { key_header: &auth.header, identity_header: &auth.identity_header };
+    let owned = Owned {
+        key_header: &auth.header,
+        identity_header: &auth.identity_header,
+        credential_header: None,
+        remove: &[],
+    };
     let connection_named = named_in_connection(&map);
-    headers::sanitize_request(&mut map, &owned, source == Some(KeySource::Authorization));
+    headers::sanitize_request(&mut map, &owned, copies);
     for name in map.keys() {
         let n = name.as_str();
         assert!(!dashed_eq(n, auth.header.as_str()), "key header {n} survives");
         assert!(!must_be_gone(n, auth), "owned header {n} survives");
         assert!(!connection_named.contains(name), "{n} named in Connection survives");
     }
-    if source == Some(KeySource::Authorization) {
-        assert!(!map.contains_key(http::header::AUTHORIZATION), "Authorization carrying the key survives");
+    if let Some(key) = &key {
+        for value in map.get_all(http::header::AUTHORIZATION) {
+            assert_ne!(
+                credential_of(value.as_bytes()),
+                key.as_slice(),
+                "an Authorization value carrying the key survives"
+            );
+        }
     }
     check_forwarded(map, &owned);
+}
+
+/// The credential of an `Authorization` value: after the scheme and its
+/// spaces or tabs, or the whole value when it is one word.
+fn credential_of(value: &[u8]) -> &[u8] {
+    let value = value.trim_ascii();
+    match value.iter().position(|b| *b == b' ' || *b == b'\t') {
+        Some(at) => value.split_at(at).1.trim_ascii(),
+        None => value,
+    }
 }
 
 /// Headers keygate owns or that may never be passed on. Hop-by-hop names
 /// are exact (they name the connection); the rest in any spelling.
 fn must_be_gone(n: &str, auth: &Auth) -> bool {
     const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"];
-    const ANY_SPELLING: [&str; 5] =
-        ["x-http-method-override", "x-http-method", "x-method-override", "forwarded", "x-real-ip"];
+    const ANY_SPELLING: [&str; 9] = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "forwarded",
+        "x-real-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-credential-identifier",
+        "x-anonymous-consumer",
+    ];
     HOP_BY_HOP.contains(&n)
         || ANY_SPELLING.iter().any(|e| dashed_eq(n, e))
+        || dashed_prefix(n, "x-consumer-")
+        || dashed_prefix(n, "x-auth-request-")
         || dashed_eq(n, auth.identity_header.as_str())
         || dashed_prefix(n, "x-forwarded-")
         || dashed_prefix(n, "proxy-")
@@ -135,6 +181,7 @@ fn check_forwarded(mut map: HeaderMap, owned: &Owned<'_>) {
         proto: "https",
         host: None,
         request_id: &request_id,
+        credential: None,
     };
     headers::set_forwarded(&mut map, owned, f);
     let only = |name: &str, want: &str| {

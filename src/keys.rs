@@ -38,6 +38,11 @@ pub fn valid_client_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// Key names travel in a header and in metric labels: the same rule as client ids.
+pub fn valid_key_name(name: &str) -> bool {
+    valid_client_id(name)
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()

@@ -10,13 +10,13 @@
 //! 2. take the current configuration snapshot — [`state`] (an `ArcSwap`)
 //! 3. normalise the path, refuse ambiguous hosts — [`proxy::path`], [`proxy::host`]
 //! 4. take the client address (PROXY header, `X-Forwarded-For` from trusted proxies) — [`server::proxy_protocol`], [`proxy::client_addr`]
-//! 5. find the credentials (header, `Authorization`, query) — [`proxy::auth`]
+//! 5. find the credential, where it came from and every copy of it (header, `Authorization`, query) — [`proxy::auth`]
 //! 6. look the key's SHA-256 digest up; check its validity window — [`proxy::auth`], [`keys`];
 //!    a failure is 401, or 429 once its address has failed too often — [`proxy::throttle`]
 //! 7. find the route (path prefix, method, host) — [`proxy::route`]
 //! 8. check the client may call it — [`state::ClientState::may_call`]
 //! 9. take one request from the client's budget, and a slot under the in-flight caps — [`proxy::rate_limit`], [`proxy::in_flight`]
-//! 10. strip the key and hop-by-hop headers, set identity and `X-Forwarded-*` — [`proxy::headers`]
+//! 10. strip every copy of the key and hop-by-hop headers, apply the route's header rules, set identity and `X-Forwarded-*` — [`proxy::headers`]
 //! 11. stream the request to a usable server of the upstream (failing over when it never reached one) and the response back — [`proxy::forward`], [`upstream`], [`body`]
 //! 12. log the request and count it when its response is done — [`access_log`], [`metrics`]
 //!

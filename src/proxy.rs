@@ -184,7 +184,7 @@ async fn run(
     }
     let auth = &snap.config.auth;
     let now = crate::keys::unix_now();
-    let (client, entry, key_in_authorization) =
+    let (client, entry, copies) =
         authenticate(&parts, snap, conn, now).map_err(|r| plain(failed(shared, client_ip, r, auth)))?;
     record.client = Some(client.id.clone());
     if logging {
@@ -194,7 +194,7 @@ async fn run(
     if let Some(gauge) = snap.key_last_used.get().and_then(|g| g.get(entry.index as usize)) {
         gauge.set(now);
     }
-    let query = forwarded_query(parts.uri.query(), auth.query_param.as_deref());
+    let query = forwarded_query(parts.uri.query(), auth.query_param.as_deref(), copies.query);
     if logging {
         record.target = target_for_log(&path, query.as_deref());
     }
@@ -221,7 +221,9 @@ async fn run(
     let tunnel = tunnel.map_err(with_limit)?;
     let pq = path_and_query(&parts, &path, query.as_deref()).map_err(with_limit)?;
     parts.uri = forward::upstream_uri(pq);
-    prepare_headers(&mut parts, snap, client, conn, key_in_authorization, host.as_ref(), &record.request_id);
+    let credential = snap.key_header_values.get(entry.index as usize);
+    let caller = Caller { client, credential, copies };
+    prepare_headers(&mut parts, snap, &caller, route, conn, host.as_ref(), &record.request_id);
     let body = RequestBody::new(body, route.max_body, snap.config.listen.body_timeout);
     let response = forward::send(upstream, parts, body, tunnel).await.map_err(|f| {
         let labels = crate::metrics::UpstreamLabels { upstream: crate::metrics::Name(upstream.name.clone()), kind: f.kind() };
@@ -266,7 +268,9 @@ fn open_tunnel(
     let presented = auth::extract(&parts.headers, parts.uri.query(), &snap.config.auth)?;
     let credential = tunnel::Credential {
         client: client.id.clone(),
-        key: crate::keys::digest(&presented.key),
+        key: match &presented.credential {
+            auth::Credential::Key { value, .. } => crate::keys::digest(value),
+        },
         route: route.clone(),
         subject: conn.subject.clone(),
     };
@@ -287,19 +291,21 @@ fn count_failure(shared: &Shared, reason: &'static str) {
     shared.metrics.auth_failures.get_or_create(&crate::metrics::ReasonLabels { reason }).inc();
 }
 
+/// The credential step, then identification: the client, its key, and the
+/// copies of the credential to strip before forwarding.
 fn authenticate<'s>(
     parts: &Parts,
     snap: &'s Snapshot,
     conn: &ConnInfo,
     now: i64,
-) -> Result<(&'s ClientState, crate::keys::KeyEntry, bool), Reject> {
+) -> Result<(&'s ClientState, crate::keys::KeyEntry, auth::Copies), Reject> {
     let presented = auth::extract(&parts.headers, parts.uri.query(), &snap.config.auth)?;
-    let entry = auth::identify(&snap.keys, &presented.key, now)?;
+    let entry = auth::identify(&snap.keys, &presented.credential, now)?;
     let client = snap.clients.get(entry.client as usize).ok_or(Reject::InvalidKey)?;
     if !subject_allowed(client, conn) {
         return Err(Reject::InvalidKey);
     }
-    Ok((client, entry, presented.in_authorization(&parts.headers, &snap.config.auth)))
+    Ok((client, entry, presented.copies))
 }
 
 /// A client bound to certificate subjects must present one of them.
@@ -311,12 +317,12 @@ fn subject_allowed(client: &ClientState, conn: &ConnInfo) -> bool {
     client.tls_subjects.iter().any(|p| crate::tls::subject_matches(subject, p))
 }
 
-/// The query to forward: without the key parameter, wherever the key came from
-/// (a second copy of the key must not reach the upstream or the log).
-fn forwarded_query<'a>(query: Option<&'a str>, param: Option<&str>) -> Option<Cow<'a, str>> {
+/// The query to forward: without the key parameter in any spelling, wherever
+/// the key came from (a second copy must not reach the upstream or the log).
+fn forwarded_query<'a>(query: Option<&'a str>, param: Option<&str>, has_key: bool) -> Option<Cow<'a, str>> {
     let query = query?;
     match param {
-        Some(name) if auth::has_query_param(query, name) => auth::strip_query_param(query, name).map(Cow::Owned),
+        Some(name) if has_key => auth::strip_query_param(query, name).map(Cow::Owned),
         _ => Some(Cow::Borrowed(query)),
     }
 }
@@ -346,27 +352,45 @@ fn check_length(parts: &Parts, max_body: Option<u64>) -> Result<(), Reject> {
     }
 }
 
+/// Who called, as the steps after identification see it.
+struct Caller<'s> {
+    client: &'s ClientState,
+    /// The credential's label for `auth.credential_header`, when set.
+    credential: Option<&'s HeaderValue>,
+    copies: auth::Copies,
+}
+
+/// Strip (keygate's rules, then the route's `remove`), set the route's `set`
+/// headers, then keygate's own: keygate's always win.
 fn prepare_headers(
     parts: &mut Parts,
     snap: &Snapshot,
-    client: &ClientState,
+    caller: &Caller<'_>,
+    route: &crate::config::Route,
     conn: &ConnInfo,
-    key_in_authorization: bool,
     host: Option<&HeaderValue>,
     request_id: &HeaderValue,
 ) {
     let auth = &snap.config.auth;
-    let owned = headers::Owned { key_header: &auth.header, identity_header: &auth.identity_header };
+    let rules = &route.request_headers;
+    let owned = headers::Owned {
+        key_header: &auth.header,
+        identity_header: &auth.identity_header,
+        credential_header: auth.credential_header.as_ref(),
+        remove: &rules.remove,
+    };
     let forwarded_for = conn.forwarded_for(&parts.headers);
     // Room for what set_forwarded adds, so the map grows once, not per insert.
-    parts.headers.reserve(6);
-    headers::sanitize_request(&mut parts.headers, &owned, key_in_authorization);
+    parts.headers.reserve(6 + rules.set.len());
+    headers::sanitize_request(&mut parts.headers, &owned, caller.copies);
+    headers::apply_set(&mut parts.headers, rules);
     let forwarded = headers::Forwarded {
-        client_id: &client.header_value,
+        client_id: &caller.client.header_value,
         remote_ip: forwarded_for,
         proto: if conn.tls { "https" } else { "http" },
         host,
         request_id,
+        credential: caller.credential,
     };
     headers::set_forwarded(&mut parts.headers, &owned, forwarded);
     if let Some(host) = host {

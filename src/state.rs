@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
 
 use crate::config::{Allowed, Config, Rate};
-use crate::keys::{self, KeyEntry, KeyTable};
+use crate::keys::{KeyEntry, KeyTable};
 use crate::metrics::{KeyLabels, Metrics, Name};
 use crate::proxy::in_flight::Slots;
 use crate::proxy::rate_limit::{Limiter, LocalLimiter};
@@ -61,6 +61,9 @@ pub struct Snapshot {
     /// Each key's last-used gauge, by [`KeyEntry::index`], set once published:
     /// the request path updates it without a label lookup.
     pub key_last_used: OnceLock<Vec<Gauge<i64, AtomicI64>>>,
+    /// Each key's label as a header value, by [`KeyEntry::index`]; empty
+    /// unless `auth.credential_header` is set.
+    pub key_header_values: Vec<HeaderValue>,
 }
 
 impl Snapshot {
@@ -94,7 +97,7 @@ impl Snapshot {
                         expires: k.expires,
                     };
                     keys.insert(k.digest, entry);
-                    key_names.push(Name::new(&keys::fingerprint(&k.digest)));
+                    key_names.push(Name::new(&k.label()));
                 }
                 ClientState {
                     id: Name::new(&c.id),
@@ -107,7 +110,14 @@ impl Snapshot {
                 }
             })
             .collect();
+        let key_header_values = match config.auth.credential_header {
+            Some(_) => {
+                key_names.iter().map(|n| HeaderValue::from_str(&n.0).unwrap_or(HeaderValue::from_static("-"))).collect()
+            }
+            None => Vec::new(),
+        };
         Ok(Snapshot {
+            key_header_values,
             router: Router::new(&config.routes),
             route_names: config.routes.iter().map(|r| Name::new(&r.name)).collect(),
             keys,
@@ -151,7 +161,7 @@ impl Snapshot {
     fn key_labels(&self) -> impl Iterator<Item = (KeyLabels, Option<i64>)> + '_ {
         self.clients.iter().zip(&self.config.clients).flat_map(|(client, c)| {
             c.keys.iter().map(|k| {
-                let labels = KeyLabels { client: client.id.clone(), key: Name::new(&keys::fingerprint(&k.digest)) };
+                let labels = KeyLabels { client: client.id.clone(), key: Name::new(&k.label()) };
                 (labels, k.expires)
             })
         })

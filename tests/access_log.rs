@@ -68,3 +68,16 @@ async fn pretty_access_line_for_a_refused_request() {
     assert!(line.contains("client=\"-\""), "{line}");
     assert!(!p.output().contains("not-a-key-9d1f"), "a presented key was logged");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_parameters_in_any_spelling_reach_neither_the_log_nor_the_upstream() {
+    let (up, p, _dir) = start("json").await;
+    let url = format!("http://{}/orders?API_KEY={KEY}&page=2&api%5Fkey={KEY}", p.addr);
+    let r = get(&url, &[("x-request-id", "log-test-3"), ("x-api-key", KEY)]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let line = access_line(&p, "log-test-3");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["path"], "/orders?page=2");
+    assert_eq!(up.last().uri, "/orders?page=2");
+    assert!(!p.output().contains(KEY), "the key was logged");
+}

@@ -33,6 +33,9 @@ pub struct Args {
     /// With --add-to: make the client's older keys expire after this long (e.g. 7d).
     #[arg(long, value_name = "DURATION", requires = "add_to")]
     pub retire_after: Option<String>,
+    /// A name for the key in logs, metrics and the credential header (e.g. 2026-12).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 /// Generate, print, and optionally add to a file.
@@ -42,6 +45,10 @@ pub fn run(args: Args) -> u8 {
             eprintln!("error: --client \"{id}\": use letters, digits, '-', '_' and '.'");
             return USAGE;
         }
+    }
+    if let Some(name) = args.name.as_deref().filter(|n| !keys::valid_key_name(n)) {
+        eprintln!("error: --name \"{name}\": use 1–64 letters, digits, '-', '_' and '.'");
+        return USAGE;
     }
     let key = match args.format {
         Format::Uuid => keys::new_uuid(),
@@ -58,19 +65,24 @@ pub fn run(args: Args) -> u8 {
     // The one place a plain key is ever printed: to its owner, once.
     println!("key:  {key}");
     println!("hash: {hash}");
+    let name = args.name.as_deref();
+    if let Some(name) = name {
+        println!("name: {name}");
+    }
     if let Some(file) = &args.add_to {
-        return add_to(file, client, &hash, args.retire_after.as_deref());
+        return add_to(file, client, &hash, name, args.retire_after.as_deref());
     }
     println!();
     println!("# paste into keygate.toml; store the key in your secret manager");
     println!("[clients.{client}]");
     println!("routes = [\"*\"]");
     // One key per line, so `--add-to` and a revoking `sed '/<fingerprint>/d'` keep to one line each.
-    println!("keys = [\n  {{ hash = \"{hash}\" }},\n]");
+    let named = name.map(|n| format!(", name = \"{n}\"")).unwrap_or_default();
+    println!("keys = [\n  {{ hash = \"{hash}\"{named} }},\n]");
     OK
 }
 
-fn add_to(file: &Path, client: &str, hash: &str, retire_after: Option<&str>) -> u8 {
+fn add_to(file: &Path, client: &str, hash: &str, name: Option<&str>, retire_after: Option<&str>) -> u8 {
     let retire_at = match retire_after.map(retire_time).transpose() {
         Ok(t) => t,
         Err(e) => {
@@ -80,7 +92,7 @@ fn add_to(file: &Path, client: &str, hash: &str, retire_after: Option<&str>) -> 
     };
     let result = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))
-        .and_then(|text| edit(&text, client, hash, retire_at.as_deref()))
+        .and_then(|text| edit_named(&text, client, hash, name, retire_at.as_deref()))
         .and_then(|text| write_atomically(file, &text));
     match result {
         Ok(()) => {
@@ -105,6 +117,17 @@ fn retire_time(s: &str) -> Result<String, String> {
 /// Add `hash` to `clients.<client>.keys`; with `retire_at`, older keys that
 /// expire later (or never) are set to expire then.
 pub fn edit(text: &str, client: &str, hash: &str, retire_at: Option<&str>) -> Result<String, String> {
+    edit_named(text, client, hash, None, retire_at)
+}
+
+/// [`edit`], with the new key's `name` when given.
+pub fn edit_named(
+    text: &str,
+    client: &str,
+    hash: &str,
+    name: Option<&str>,
+    retire_at: Option<&str>,
+) -> Result<String, String> {
     let mut doc: DocumentMut = text.parse().map_err(|e| format!("not valid TOML: {e}"))?;
     let table = doc
         .get_mut("clients")
@@ -129,6 +152,9 @@ pub fn edit(text: &str, client: &str, hash: &str, retire_at: Option<&str>) -> Re
     }
     let mut entry = InlineTable::new();
     entry.insert("hash", hash.into());
+    if let Some(name) = name {
+        entry.insert("name", name.into());
+    }
     push_on_own_line(keys, entry);
     Ok(doc.to_string())
 }
@@ -238,6 +264,12 @@ mod tests {
         let file = "[clients.billing]\nroutes = [\"*\"]\nkeys = [{ hash = \"sha256:aa\" }]\n";
         let out = edit(file, "billing", "sha256:bb", None).unwrap();
         assert!(out.ends_with("keys = [{ hash = \"sha256:aa\" }, { hash = \"sha256:bb\" }]\n"), "{out}");
+    }
+
+    #[test]
+    fn a_named_key_carries_its_name() {
+        let out = edit_named(FILE, "billing", "sha256:bb", Some("2026-12"), None).unwrap();
+        assert!(out.contains("{ hash = \"sha256:bb\", name = \"2026-12\" },"), "{out}");
     }
 
     #[test]

@@ -139,6 +139,7 @@ fn upstream(c: &mut Checker<'_>, config: &mut Config, env: &Env) {
         upstream: config.upstreams.len() - 1,
         host: None,
         max_body: None,
+        request_headers: super::HeaderRules::default(),
     });
 }
 
@@ -166,7 +167,7 @@ fn clients(c: &mut Checker<'_>, config: &mut Config, env: &Env, default_rate: Ra
         let grants = env_grants(c, config, env, suffix);
         let key = keys::digest(plain.as_bytes());
         let origin = super::KeyOrigin::Env(var.clone());
-        let key = super::Key { digest: key, not_before: None, expires: None, origin };
+        let key = super::Key { digest: key, not_before: None, expires: None, origin, name: None };
         match config.clients.iter_mut().find(|cl| cl.id == id) {
             Some(existing) => existing.keys.push(key),
             None => config.clients.push(Client {

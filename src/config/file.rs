@@ -28,6 +28,7 @@ pub struct FileConfig {
     pub routes: Vec<RouteToml>,
     #[serde(default)]
     pub clients: BTreeMap<String, ClientToml>,
+    pub request_headers: Option<HeaderRulesToml>,
 }
 
 /// `[listen]`: the proxy listener and its connection limits.
@@ -79,6 +80,8 @@ pub struct AuthToml {
     pub query_param: Option<Str>,
     pub identity_header: Option<Str>,
     pub max_failures_per_minute: Option<Spanned<i64>>,
+    pub credential_header: Option<Str>,
+    pub realm: Option<Str>,
 }
 
 /// A rate: `per_second` requests on average, `burst` at once.
@@ -120,6 +123,17 @@ pub struct RouteToml {
     pub upstream: Str,
     pub host: Option<Str>,
     pub max_body: Option<Str>,
+    pub request_headers: Option<HeaderRulesToml>,
+}
+
+/// `[request_headers]`, or a route's `request_headers`: headers removed and set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesToml {
+    #[serde(default)]
+    pub remove: Vec<Str>,
+    #[serde(default)]
+    pub set: BTreeMap<Str, Str>,
 }
 
 /// `[clients.<id>]`: one calling application.
@@ -144,6 +158,7 @@ pub struct KeyToml {
     pub env: Option<Str>,
     pub not_before: Option<Str>,
     pub expires: Option<Str>,
+    pub name: Option<Str>,
 }
 
 /// `health_check = { … }` of an upstream: active checks of each server.

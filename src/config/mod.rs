@@ -5,6 +5,7 @@
 //! fields refused), then [`validate`] checks every value and resolves names
 //! into indices, collecting every problem with its file position.
 
+mod auth;
 pub mod env;
 pub mod error;
 pub mod file;
@@ -16,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::{HeaderName, Method};
+use http::{HeaderName, HeaderValue, Method};
 
 pub use error::{ConfigError, Origin, Problem};
 pub use validate::parse_duration;
@@ -107,6 +108,12 @@ pub struct Auth {
     pub query_param: Option<String>,
     pub identity_header: HeaderName,
     pub max_failures_per_minute: u32,
+    /// `""` in `authorization_schemes`: a lone word in `Authorization` is a key.
+    pub raw_authorization: bool,
+    /// Set on forwarded requests to the key's name (or fingerprint); off when `None`.
+    pub credential_header: Option<HeaderName>,
+    /// The `WWW-Authenticate` value of a 401, made once from the schemes and `realm`.
+    pub challenge: HeaderValue,
 }
 
 /// A client's rate: `per_second` on average, `burst` back to back.
@@ -183,6 +190,25 @@ pub struct Route {
     /// Lower-cased host name without port.
     pub host: Option<String>,
     pub max_body: Option<u64>,
+    /// `[request_headers]` and the route's own rules, merged.
+    pub request_headers: HeaderRules,
+}
+
+/// Rules for the headers of forwarded requests: applied after keygate's own
+/// stripping and before keygate sets its own headers.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    /// Removed in any spelling (letter case, `_` for `-`).
+    pub remove: Vec<NamePattern>,
+    /// Set to a static value, replacing what the caller sent.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A header name, or a prefix (`x-internal-*`), lower case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamePattern {
+    Exact(String),
+    Prefix(String),
 }
 
 /// Which routes a client may call.
@@ -258,6 +284,15 @@ pub struct Key {
     pub expires: Option<i64>,
     /// Where it was configured, so a problem with it can point there.
     pub origin: KeyOrigin,
+    /// A name for logs, metrics and the credential header (`2026-12`).
+    pub name: Option<String>,
+}
+
+impl Key {
+    /// The key's label in logs, metrics and the credential header: its name, else its fingerprint.
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| crate::keys::fingerprint(&self.digest))
+    }
 }
 
 /// Where a key was configured.

@@ -7,12 +7,12 @@ use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::{HeaderName, Method};
+use http::Method;
 use toml::Spanned;
 
 use super::error::{Origin, Problem, Source};
 use super::file::{self, FileConfig, Str};
-use super::{env, suggest, Auth, Client, Config, ConfigError, Env, Grants, Key, Listen, Rate, Route};
+use super::{env, suggest, Client, Config, ConfigError, Env, Grants, Key, Listen, Rate, Route};
 use super::{HealthCheck, HealthPolicy, KeyOrigin, Strategy, TlsFiles, Upstream};
 use crate::keys;
 
@@ -68,7 +68,7 @@ pub(super) fn validate(file: FileConfig, src: Option<&Source<'_>>, env_vars: &En
         ["KEYGATE_TLS_CERT", "KEYGATE_TLS_KEY"].iter().all(|k| env_vars.get(*k).is_some_and(|v| !v.is_empty()));
     let listen = listen(&mut c, &file.listen, tls_overridden);
     let admin = file.admin.as_ref().and_then(|a| socket_addr(&mut c, &a.address, "admin.address"));
-    let auth = auth(&mut c, &file.auth);
+    let auth = super::auth::auth(&mut c, &file.auth);
     let default_rate = file.rate_limit.as_ref().map_or(Rate::DEFAULT, |r| rate(&mut c, r, "rate_limit"));
     let upstreams = upstreams(&mut c, &file.upstreams);
     let routes = routes(&mut c, &file.routes, &upstreams);
@@ -84,6 +84,7 @@ pub(super) fn validate(file: FileConfig, src: Option<&Source<'_>>, env_vars: &En
         warnings: Vec::new(),
     };
     env::apply(&mut c, &mut config, env_vars, default_rate);
+    super::auth::route_rules(&mut c, &mut config, &file);
     final_checks(&mut c, &config);
     config.warnings = std::mem::take(&mut c.warnings);
     if c.problems.is_empty() {
@@ -239,7 +240,7 @@ fn duration(c: &mut Checker<'_>, v: &Option<Str>, field: &str, default: Duration
 /// The range of a count with no range of its own: 1 to a million.
 pub const COUNT_RANGE: RangeInclusive<usize> = 1..=1_000_000;
 
-fn count(c: &mut Checker<'_>, v: &Option<Spanned<i64>>, field: &str, default: usize) -> usize {
+pub(super) fn count(c: &mut Checker<'_>, v: &Option<Spanned<i64>>, field: &str, default: usize) -> usize {
     count_in(c, v, field, default, COUNT_RANGE)
 }
 
@@ -261,56 +262,6 @@ fn count_in(
             default
         }
     }
-}
-
-fn header_name(c: &mut Checker<'_>, v: &Option<Str>, field: &str, default: &'static str) -> HeaderName {
-    let fallback = HeaderName::from_static(default);
-    let Some(v) = v else { return fallback };
-    match HeaderName::from_bytes(v.get_ref().as_bytes()) {
-        Ok(h) if crate::proxy::headers::is_reserved(&h) => {
-            c.error(v.span(), field, format!("\"{}\" is a header keygate manages", v.get_ref()));
-            fallback
-        }
-        Ok(h) => h,
-        Err(_) => {
-            c.error(v.span(), field, format!("\"{}\" is not a valid header name", v.get_ref()));
-            fallback
-        }
-    }
-}
-
-fn auth(c: &mut Checker<'_>, t: &file::AuthToml) -> Auth {
-    let header = header_name(c, &t.header, "auth.header", "x-api-key");
-    let identity_header = header_name(c, &t.identity_header, "auth.identity_header", "x-client-id");
-    if header == identity_header {
-        if let Some(v) = &t.identity_header {
-            c.error(v.span(), "auth.identity_header", "must differ from auth.header");
-        }
-    }
-    let schemes = match &t.authorization_schemes {
-        None => vec!["bearer".to_string()],
-        Some(list) => list.iter().filter_map(|s| scheme(c, s)).collect(),
-    };
-    let query_param = t.query_param.as_ref().and_then(|q| {
-        let v = q.get_ref();
-        let ok = v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b));
-        if !ok {
-            c.error(q.span(), "auth.query_param", format!("\"{v}\" is not a plain parameter name"));
-        }
-        (!v.is_empty() && ok).then(|| v.clone())
-    });
-    let max_failures_per_minute =
-        count(c, &t.max_failures_per_minute, "auth.max_failures_per_minute", 20).try_into().unwrap_or(u32::MAX);
-    Auth { header, schemes, query_param, identity_header, max_failures_per_minute }
-}
-
-fn scheme(c: &mut Checker<'_>, s: &Str) -> Option<String> {
-    let v = s.get_ref();
-    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+".contains(&b)) {
-        c.error(s.span(), "auth.authorization_schemes", format!("\"{v}\" is not a scheme name"));
-        return None;
-    }
-    Some(v.to_ascii_lowercase())
 }
 
 fn rate(c: &mut Checker<'_>, r: &file::RateToml, field: &str) -> Rate {
@@ -417,6 +368,7 @@ fn routes(c: &mut Checker<'_>, t: &[file::RouteToml], upstreams: &[Upstream]) ->
             upstream: upstream.unwrap_or(0),
             host: r.host.as_ref().map(|h| route_host(c, h, &field)),
             max_body: r.max_body.as_ref().and_then(|m| size(c, m, &format!("{field}.max_body"))),
+            request_headers: super::HeaderRules::default(),
         });
     }
     out
@@ -637,7 +589,8 @@ fn key(c: &mut Checker<'_>, k: &file::KeyToml, field: &str, env_vars: &Env) -> O
     }
     let span = k.hash.as_ref().or(k.env.as_ref()).map_or(0..0, |s| s.span());
     let origin = KeyOrigin::File { field: field.to_string(), span };
-    Some(Key { digest: digest?, not_before, expires, origin })
+    let name = super::auth::key_name(c, k.name.as_ref(), field);
+    Some(Key { digest: digest?, not_before, expires, origin, name })
 }
 
 /// How much of a value that may be a secret a message may show.
@@ -712,6 +665,7 @@ fn final_checks(c: &mut Checker<'_>, config: &Config) {
         let message = "no client is defined: every request will get 401 (add [clients.<id>] or KEYGATE_KEY_<CLIENT>)";
         c.warnings.push(Problem { origin: Origin::None, field: "clients".into(), message: message.into() });
     }
+    super::auth::duplicate_key_names(c, config);
     for client in &config.clients {
         if !client.tls_subjects.is_empty() && config.listen.tls.as_ref().and_then(|t| t.client_ca.as_ref()).is_none() {
             c.push(

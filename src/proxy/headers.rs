@@ -1,11 +1,16 @@
 //! Header rules for forwarding: pure functions over a `HeaderMap`.
 //!
 //! Order matters: first everything the caller may not pass on is removed
-//! (hop-by-hop, whatever `Connection` names, the key, method overrides,
-//! keygate's own headers in any spelling); only then does keygate set its own,
-//! so no header sent by the caller can remove or replace them.
+//! (hop-by-hop, whatever `Connection` names, every copy of the credential,
+//! method and path overrides, other gateways' identity headers, keygate's own
+//! headers in any spelling, and the configured `remove` rules); then the
+//! configured `set` rules; only then does keygate set its own, so no header
+//! sent by the caller or configured can remove or replace them.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::auth::{self, Copies};
+use crate::config::{HeaderRules, NamePattern};
 
 /// Headers removed because they describe one connection, not the message.
 const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"];
@@ -15,6 +20,31 @@ const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", 
 
 /// Headers whose value upstreams trust to describe the caller.
 const SPOOFABLE: [&str; 2] = ["forwarded", "x-real-ip"];
+
+/// Headers that let a caller change the path an upstream framework routes on
+/// (IIS URL Rewrite, Symfony, Zend, Laminas).
+const PATH_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
+/// Identity headers set by other gateways and auth proxies (Kong, APISIX,
+/// oauth2-proxy, Envoy, Authelia, Grafana's auth proxy): an upstream that once
+/// sat behind one may still trust them. Always removed, in any spelling.
+pub const GATEWAY_IDENTITY: [&str; 11] = [
+    "x-credential-identifier",
+    "x-anonymous-consumer",
+    "x-userinfo",
+    "x-jwt-payload",
+    "x-remote-user",
+    "x-webauth-user",
+    "gap-auth",
+    "remote-user",
+    "remote-email",
+    "remote-groups",
+    "remote-name",
+];
+
+/// Prefixes of other gateways' identity headers (the `X-Forwarded-*` family,
+/// which holds oauth2-proxy's `X-Forwarded-User` and `-Email`, goes anyway).
+pub const GATEWAY_IDENTITY_PREFIXES: [&str; 4] = ["x-consumer-", "x-authenticated-", "x-auth-request-", "x-envoy-"];
 
 /// The request id header, kept if the caller sent a sane one.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -34,32 +64,69 @@ pub fn is_reserved(name: &HeaderName) -> bool {
         || n == REQUEST_ID.as_str()
 }
 
-/// `name` equals `target` once `_` is read as `-` (names are already lower case).
+/// `name` equals `target` once `_` and `-` are read as one (names are already
+/// lower case), whichever of the two spells it.
 pub fn dashed_eq(name: &str, target: &str) -> bool {
     name.len() == target.len() && dashed_prefix(name, target)
 }
 
-/// `name` starts with `prefix` once `_` is read as `-`.
+/// `name` starts with `prefix` once `_` and `-` are read as one.
 pub fn dashed_prefix(name: &str, prefix: &str) -> bool {
-    name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    let dash = |b: u8| b == b'-' || b == b'_';
+    name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(a, b)| a == b || (dash(a) && dash(b)))
 }
 
-/// The headers that carry or describe the caller's identity in this config.
+/// The headers that carry or describe the caller's identity in this config,
+/// and the configured `remove` rules.
 #[derive(Debug, Clone)]
 pub struct Owned<'a> {
     pub key_header: &'a HeaderName,
     pub identity_header: &'a HeaderName,
+    pub credential_header: Option<&'a HeaderName>,
+    pub remove: &'a [NamePattern],
 }
 
 /// Whether `name` must never be passed on from a caller.
 fn must_strip(name: &str, owned: &Owned<'_>) -> bool {
-    HOP_BY_HOP.iter().any(|h| dashed_eq(name, h))
-        || METHOD_OVERRIDES.iter().any(|m| dashed_eq(name, m))
-        || SPOOFABLE.iter().any(|m| dashed_eq(name, m))
-        || dashed_prefix(name, "proxy-")
-        || dashed_prefix(name, "x-forwarded-")
+    always_stripped(name)
         || dashed_eq(name, owned.key_header.as_str())
         || dashed_eq(name, owned.identity_header.as_str())
+        || owned.credential_header.is_some_and(|h| dashed_eq(name, h.as_str()))
+        || owned.remove.iter().any(|p| pattern_matches(p, name))
+}
+
+/// The fixed lists, looked up by first letter: a header like `accept` or
+/// `user-agent` is cleared with one comparison instead of thirty.
+fn always_stripped(name: &str) -> bool {
+    let any = |list: &[&str]| list.iter().any(|h| dashed_eq(name, h));
+    match name.as_bytes().first() {
+        Some(b'x') => {
+            dashed_prefix(name, "x-forwarded-")
+                || any(&METHOD_OVERRIDES)
+                || any(&SPOOFABLE)
+                || any(&PATH_OVERRIDES)
+                || gateway_identity(name)
+        }
+        Some(b'c' | b'k' | b't' | b'u') => any(&HOP_BY_HOP),
+        Some(b'f') => any(&SPOOFABLE),
+        Some(b'p') => dashed_prefix(name, "proxy-"),
+        Some(b'g' | b'r') => gateway_identity(name),
+        _ => false,
+    }
+}
+
+/// Whether `name` is another gateway's identity header, in any spelling.
+pub fn gateway_identity(name: &str) -> bool {
+    GATEWAY_IDENTITY.iter().any(|h| dashed_eq(name, h))
+        || GATEWAY_IDENTITY_PREFIXES.iter().any(|p| dashed_prefix(name, p))
+}
+
+/// Whether a configured name or prefix covers `name`, in any spelling.
+pub fn pattern_matches(pattern: &NamePattern, name: &str) -> bool {
+    match pattern {
+        NamePattern::Exact(n) => dashed_eq(name, n),
+        NamePattern::Prefix(p) => dashed_prefix(name, p),
+    }
 }
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -119,20 +186,46 @@ fn strip_connection_named(headers: &mut HeaderMap) {
 }
 
 /// Remove from a request everything the caller may not pass on: hop-by-hop
-/// headers, headers named in `Connection`, the key (and `Authorization` when it
-/// carried the key), method overrides, and keygate's own headers in any spelling.
-pub fn sanitize_request(headers: &mut HeaderMap, owned: &Owned<'_>, key_in_authorization: bool) {
+/// headers, headers named in `Connection`, the key header and every
+/// `Authorization` value carrying the credential, method and path overrides,
+/// other gateways' identity headers, keygate's own headers in any spelling,
+/// and the configured `remove` rules.
+pub fn sanitize_request(headers: &mut HeaderMap, owned: &Owned<'_>, copies: Copies) {
     // Hop-by-hop headers themselves go in the pass below, in any spelling.
     strip_connection_named(headers);
-    if key_in_authorization {
-        headers.remove(header::AUTHORIZATION);
-    }
+    remove_authorization(headers, copies.authorization);
     // The key in its configured spelling is the usual one: removed by name,
     // the pass below then usually collects nothing (and allocates nothing).
     headers.remove(owned.key_header);
     let doomed: Vec<HeaderName> = headers.keys().filter(|name| must_strip(name.as_str(), owned)).cloned().collect();
     for name in doomed {
         headers.remove(name);
+    }
+}
+
+/// Remove the `Authorization` values marked as carrying the credential,
+/// keeping the others (a caller's own `Basic`, say) in order.
+fn remove_authorization(headers: &mut HeaderMap, marked: u64) {
+    if marked == 0 {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !auth::is_marked(marked, *i))
+        .map(|(_, v)| v.clone())
+        .collect();
+    headers.remove(header::AUTHORIZATION);
+    for value in kept {
+        headers.append(header::AUTHORIZATION, value);
+    }
+}
+
+/// Apply the configured `set` rules (after stripping, before keygate's own).
+pub fn apply_set(headers: &mut HeaderMap, rules: &HeaderRules) {
+    for (name, value) in &rules.set {
+        headers.insert(name.clone(), value.clone());
     }
 }
 
@@ -144,11 +237,16 @@ pub struct Forwarded<'a> {
     pub proto: &'static str,
     pub host: Option<&'a HeaderValue>,
     pub request_id: &'a HeaderValue,
+    /// The credential's label, when `auth.credential_header` is set.
+    pub credential: Option<&'a HeaderValue>,
 }
 
 /// Set keygate's headers on a sanitised request.
 pub fn set_forwarded(headers: &mut HeaderMap, owned: &Owned<'_>, f: Forwarded<'_>) {
     headers.insert(owned.identity_header.clone(), f.client_id.clone());
+    if let (Some(name), Some(value)) = (owned.credential_header, f.credential) {
+        headers.insert(name.clone(), value.clone());
+    }
     headers.insert(X_FORWARDED_FOR, f.remote_ip);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
     if let Some(host) = f.host {
@@ -179,11 +277,20 @@ mod tests {
         h
     }
 
+    fn owned<'a>(k: &'a HeaderName, i: &'a HeaderName, remove: &'a [NamePattern]) -> Owned<'a> {
+        Owned { key_header: k, identity_header: i, credential_header: None, remove }
+    }
+
     fn sanitized(pairs: &[(&str, &str)], key_in_auth: bool) -> HeaderMap {
         let (k, i) = owned_names();
         let mut h = map(pairs);
-        sanitize_request(&mut h, &Owned { key_header: &k, identity_header: &i }, key_in_auth);
+        let copies = Copies { authorization: u64::from(key_in_auth), query: false };
+        sanitize_request(&mut h, &owned(&k, &i, &[]), copies);
         h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        h.keys().map(|k| k.as_str()).collect()
     }
 
     #[test]
@@ -266,7 +373,7 @@ mod tests {
     #[test]
     fn connection_cannot_remove_keygate_headers() {
         let (k, i) = owned_names();
-        let owned = Owned { key_header: &k, identity_header: &i };
+        let owned = owned(&k, &i, &[]);
         let mut h = sanitized(&[("connection", "x-client-id, x-forwarded-for, x-request-id")], false);
         let id = HeaderValue::from_static("billing");
         let rid = HeaderValue::from_static("r1");
@@ -279,11 +386,132 @@ mod tests {
                 proto: "http",
                 host: None,
                 request_id: &rid,
+                credential: None,
             },
         );
         assert_eq!(h.get("x-client-id").unwrap(), "billing");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.1");
         assert_eq!(h.get("x-request-id").unwrap(), "r1");
+    }
+
+    #[test]
+    fn only_the_marked_authorization_values_go() {
+        let (k, i) = owned_names();
+        let mut h =
+            map(&[("authorization", "Basic dTpw"), ("authorization", "Bearer k"), ("authorization", "Digest x")]);
+        sanitize_request(&mut h, &owned(&k, &i, &[]), Copies { authorization: 0b010, query: false });
+        let left: Vec<&str> = h.get_all("authorization").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(left, ["Basic dTpw", "Digest x"]);
+    }
+
+    #[test]
+    fn names_configured_with_underscores_cover_both_spellings() {
+        let k = HeaderName::from_static("api_key");
+        let i = HeaderName::from_static("x_client_id");
+        let mut h = map(&[
+            ("api-key", "k"),
+            ("api_key", "k"),
+            ("x-client-id", "admin"),
+            ("X_Client-Id", "a"),
+            ("accept", "*/*"),
+        ]);
+        sanitize_request(&mut h, &owned(&k, &i, &[]), Copies::default());
+        assert_eq!(names(&h), ["accept"]);
+        assert!(dashed_eq("x-client-id", "x_client_id") && dashed_eq("x_client_id", "x-client-id"));
+    }
+
+    #[test]
+    fn strips_path_overrides() {
+        let h = sanitized(&[("x-original-url", "/admin"), ("X_Rewrite_URL", "/admin"), ("x-kept", "1")], false);
+        assert_eq!(names(&h), ["x-kept"]);
+    }
+
+    #[test]
+    fn strips_other_gateways_identity_headers() {
+        let spoofs = [
+            "x-consumer-username",
+            "x-consumer-id",
+            "x-consumer-custom-id",
+            "x_consumer_groups",
+            "x-credential-identifier",
+            "x-anonymous-consumer",
+            "x-authenticated-userid",
+            "x-auth-request-user",
+            "x-auth-request-email",
+            "x-forwarded-user",
+            "x-forwarded-email",
+            "x-userinfo",
+            "x-envoy-original-path",
+            "gap-auth",
+            "remote-user",
+        ];
+        let mut pairs: Vec<(&str, &str)> = spoofs.iter().map(|n| (*n, "admin")).collect();
+        pairs.extend([("x-user-agent-extra", "1"), ("accept", "*/*"), ("remote-addr-note", "1")]);
+        let h = sanitized(&pairs, false);
+        let mut left = names(&h);
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "remote-addr-note", "x-user-agent-extra"]);
+    }
+
+    #[test]
+    fn configured_removals_by_name_and_prefix_in_any_spelling() {
+        let (k, i) = owned_names();
+        let remove = [NamePattern::Exact("x-debug".into()), NamePattern::Prefix("x-internal-".into())];
+        let mut h =
+            map(&[("x-debug", "1"), ("x_debug", "1"), ("x-internal-a", "1"), ("X_Internal_B", "1"), ("x-kept", "1")]);
+        sanitize_request(&mut h, &owned(&k, &i, &remove), Copies::default());
+        assert_eq!(names(&h), ["x-kept"]);
+    }
+
+    #[test]
+    fn set_rules_replace_the_callers_and_keygate_wins_after() {
+        let (k, i) = owned_names();
+        let rules = HeaderRules {
+            remove: Vec::new(),
+            set: vec![(HeaderName::from_static("x-env"), HeaderValue::from_static("prod"))],
+        };
+        let mut h = map(&[("x-env", "dev"), ("x-env", "test")]);
+        sanitize_request(&mut h, &owned(&k, &i, &rules.remove), Copies::default());
+        apply_set(&mut h, &rules);
+        let values: Vec<&str> = h.get_all("x-env").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(values, ["prod"]);
+    }
+
+    #[test]
+    fn credential_header_is_stripped_then_set() {
+        let (k, i) = owned_names();
+        let c = HeaderName::from_static("x-credential-id");
+        let o = Owned { key_header: &k, identity_header: &i, credential_header: Some(&c), remove: &[] };
+        let mut h = map(&[("x_credential_id", "forged"), ("x-credential-id", "forged")]);
+        sanitize_request(&mut h, &o, Copies::default());
+        assert!(h.is_empty());
+        let (id, rid, label) =
+            (HeaderValue::from_static("b"), HeaderValue::from_static("r"), HeaderValue::from_static("2026-12"));
+        let f = Forwarded {
+            client_id: &id,
+            remote_ip: HeaderValue::from_static("127.0.0.1"),
+            proto: "http",
+            host: None,
+            request_id: &rid,
+            credential: Some(&label),
+        };
+        set_forwarded(&mut h, &o, f);
+        assert_eq!(h.get("x-credential-id").unwrap(), "2026-12");
+    }
+
+    #[test]
+    fn every_fixed_list_entry_is_stripped_in_both_spellings() {
+        let lists = [&HOP_BY_HOP[..], &METHOD_OVERRIDES, &SPOOFABLE, &PATH_OVERRIDES, &GATEWAY_IDENTITY];
+        for name in lists.iter().flat_map(|l| l.iter()) {
+            assert!(always_stripped(name) && always_stripped(&name.replace('-', "_")), "{name}");
+        }
+        for prefix in GATEWAY_IDENTITY_PREFIXES.iter().chain(&["x-forwarded-", "proxy-"]) {
+            let name = format!("{prefix}anything");
+            assert!(always_stripped(&name) && always_stripped(&name.replace('-', "_")), "{name}");
+        }
+        for kept in ["accept", "user-agent", "content-type", "x-kept", "cookie", "remote-addr-note", "te-x"] {
+            assert!(!always_stripped(kept), "{kept}");
+        }
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub fn reject(
         h.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     if matches!(reject, Reject::MissingKey | Reject::InvalidKey) {
-        h.insert(header::WWW_AUTHENTICATE, challenge(auth));
+        h.insert(header::WWW_AUTHENTICATE, auth.challenge.clone());
     }
     if matches!(reject, Reject::BadRequest | Reject::HeadersTooLarge) {
         // An ambiguous request may have left the stream in an unknown state;
@@ -66,14 +66,6 @@ pub fn allow(response: &mut Response<ResponseBody>, reject: Reject, router: &Rou
         if let Some(value) = router.allow(allow) {
             response.headers_mut().insert(header::ALLOW, value.clone());
         }
-    }
-}
-
-fn challenge(auth: &Auth) -> HeaderValue {
-    if auth.schemes.iter().any(|s| s == "bearer") {
-        HeaderValue::from_static("Bearer realm=\"keygate\"")
-    } else {
-        HeaderValue::from_static("ApiKey realm=\"keygate\"")
     }
 }
 

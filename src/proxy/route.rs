@@ -202,6 +202,7 @@ mod tests {
             upstream: 0,
             host: host.map(str::to_string),
             max_body: None,
+            request_headers: Default::default(),
         }
     }
 
