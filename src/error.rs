@@ -19,6 +19,10 @@ pub enum Reject {
     // Upstream: the service behind keygate.
     BadGateway,
     GatewayTimeout,
+    // Downstream: the client's quota for this calendar period is used up.
+    QuotaExceeded { retry_after: u64 },
+    // Internal: the shared limiter store failed and `on_error = "deny"`.
+    LimiterUnavailable,
 }
 
 impl Reject {
@@ -44,13 +48,19 @@ impl Reject {
             RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout", "Request body not received in time"),
             BadGateway => (StatusCode::BAD_GATEWAY, "bad_gateway", "Upstream unavailable"),
             GatewayTimeout => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", "Upstream timed out"),
+            QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", "Quota for this period used up"),
+            LimiterUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "limiter_unavailable", "Rate limiter unavailable; try again")
+            }
         }
     }
 
     /// Seconds to put in `Retry-After`, if any.
     pub fn retry_after(self) -> Option<u64> {
         match self {
-            Reject::RateLimited { retry_after } | Reject::TooManyFailures { retry_after } => Some(retry_after),
+            Reject::RateLimited { retry_after }
+            | Reject::TooManyFailures { retry_after }
+            | Reject::QuotaExceeded { retry_after } => Some(retry_after),
             _ => None,
         }
     }

@@ -14,7 +14,7 @@
 //! 6. look the key's SHA-256 digest up; check its validity window — [`proxy::auth`], [`keys`]
 //! 7. find the route (path prefix, method, host) — [`proxy::route`]
 //! 8. check the client may call it — [`state::ClientState::may_call`]
-//! 9. take one request from the client's budget — [`proxy::rate_limit`]
+//! 9. take one request from the client's budget (rate and quota; local or Redis) — [`limit`]
 //! 10. strip the key and hop-by-hop headers, set identity and `X-Forwarded-*` — [`proxy::headers`]
 //! 11. stream the request to the next server of the upstream and the response back — [`proxy::forward`], [`upstream`], [`body`]
 //! 12. log the request and count it when its response is done — [`access_log`], [`metrics`]
@@ -33,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod limit;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

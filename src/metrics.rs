@@ -87,6 +87,8 @@ pub struct Metrics {
     /// HTTP/1 keep-alive connections that hold no buffers).
     pub connections: Gauge<i64, AtomicI64>,
     pub parked_connections: Gauge<i64, AtomicI64>,
+    /// The shared limiter store (Redis).
+    pub limiter: LimiterMetrics,
 }
 
 /// Holds a gauge one higher for as long as it lives.
@@ -134,6 +136,7 @@ impl Metrics {
             start_time: Gauge::default(),
             connections: Gauge::default(),
             parked_connections: Gauge::default(),
+            limiter: LimiterMetrics::default(),
             registry: Registry::default(),
             none: Name::new("-"),
         };
@@ -161,6 +164,7 @@ impl Metrics {
             "Idle HTTP/1 keep-alive connections parked without buffers",
             m.parked_connections.clone(),
         );
+        m.limiter.register(&mut registry);
         Metrics { registry, ..m }
     }
 
@@ -170,5 +174,56 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Labels naming the fallback that answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OnErrorLabels {
+    pub on_error: &'static str,
+}
+
+/// How the shared limiter store (Redis) is doing.
+#[derive(Clone, Debug)]
+pub struct LimiterMetrics {
+    /// Seconds per script call that answered.
+    pub round_trip: Histogram,
+    /// Failed calls by kind (timeout, refused, connection, auth, response).
+    pub errors: Family<ReasonLabels, Counter>,
+    /// Decisions the fallback took (store failed, or breaker open), by `on_error`.
+    pub fallbacks: Family<OnErrorLabels, Counter>,
+    /// 1 while the circuit breaker is open (requests skip Redis).
+    pub breaker_open: Gauge<i64, AtomicI64>,
+}
+
+impl Default for LimiterMetrics {
+    fn default() -> Self {
+        LimiterMetrics {
+            round_trip: Histogram::new(exponential_buckets(0.00005, 2.0, 14)),
+            errors: Family::default(),
+            fallbacks: Family::default(),
+            breaker_open: Gauge::default(),
+        }
+    }
+}
+
+impl LimiterMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "limiter_store_round_trip_seconds",
+            "Time per call to the shared limiter store",
+            self.round_trip.clone(),
+        );
+        registry.register("limiter_store_errors", "Failed calls to the shared limiter store", self.errors.clone());
+        registry.register(
+            "limiter_fallbacks",
+            "Limit decisions taken by the fallback while the shared store failed",
+            self.fallbacks.clone(),
+        );
+        registry.register(
+            "limiter_breaker_open",
+            "1 while requests skip the shared limiter store",
+            self.breaker_open.clone(),
+        );
     }
 }

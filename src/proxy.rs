@@ -169,10 +169,10 @@ async fn run(
     if !client.may_call(route_index) {
         return Err(plain(Reject::Forbidden));
     }
-    let decision = client.limiter.check();
-    if !decision.allowed {
+    let decision = client.limiter.check().await;
+    if let Some(reject) = decision.reject() {
         shared.metrics.rate_limited.get_or_create(&crate::metrics::ClientLabels { client: client.id.clone() }).inc();
-        return Err((Reject::RateLimited { retry_after: decision.retry_after }, Some(decision)));
+        return Err((reject, Some(decision)));
     }
     let with_limit = |r: Reject| (r, Some(decision));
     let route = snap.router.get(route_index).ok_or(with_limit(Reject::NoRoute))?;

@@ -9,10 +9,12 @@ use http::HeaderValue;
 use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
 
-use crate::config::{Allowed, Config, Rate};
+use crate::config::{Allowed, Client, Config, Limits, Store};
 use crate::keys::{self, KeyEntry, KeyTable};
+use crate::limit::redis::{Link, RedisStore};
+use crate::limit::{Counted, Fallback, Limiter, LocalLimiter, Standby};
 use crate::metrics::{KeyLabels, Metrics, Name};
-use crate::proxy::rate_limit::{FailureThrottle, Limiter, LocalLimiter};
+use crate::proxy::rate_limit::FailureThrottle;
 use crate::proxy::route::Router;
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
@@ -24,7 +26,7 @@ pub struct ClientState {
     /// The id as the identity header's value.
     pub header_value: HeaderValue,
     pub allowed: Allowed,
-    pub limiter: Arc<dyn Limiter>,
+    pub limiter: Arc<Limiter>,
     pub tls_subjects: Vec<String>,
 }
 
@@ -54,6 +56,8 @@ pub struct Snapshot {
     /// Each key's last-used gauge, by [`KeyEntry::index`], set once published:
     /// the request path updates it without a label lookup.
     pub key_last_used: OnceLock<Vec<Gauge<i64, AtomicI64>>>,
+    /// The connection to Redis, when `[redis]` is configured.
+    pub redis: Option<Arc<Link>>,
 }
 
 impl Snapshot {
@@ -65,6 +69,7 @@ impl Snapshot {
             config.upstreams.iter().map(|u| Upstream::new(u).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
         let mut keys = KeyTable::default();
         let mut key_names = Vec::new();
+        let redis = link_for(&config.limits, previous);
         let clients = config
             .clients
             .iter()
@@ -84,7 +89,7 @@ impl Snapshot {
                     id: Name::new(&c.id),
                     header_value: HeaderValue::from_str(&c.id).unwrap_or(HeaderValue::from_static("invalid")),
                     allowed: c.allowed.clone(),
-                    limiter: limiter_for(&c.id, c.rate, previous),
+                    limiter: limiter_for(c, &config.limits, redis.as_ref(), previous),
                     tls_subjects: c.tls_subjects.clone(),
                 }
             })
@@ -99,6 +104,7 @@ impl Snapshot {
             tls,
             config,
             key_last_used: OnceLock::new(),
+            redis,
         })
     }
 
@@ -128,11 +134,39 @@ impl Snapshot {
     }
 }
 
-fn limiter_for(id: &str, rate: Rate, previous: Option<&Snapshot>) -> Arc<dyn Limiter> {
+/// The client's limiter: kept from `previous` while its local state is worth
+/// keeping (same rate and quota), else built afresh for where it is counted.
+fn limiter_for(c: &Client, limits: &Limits, link: Option<&Arc<Link>>, previous: Option<&Snapshot>) -> Arc<Limiter> {
+    let shared = link.is_some() && (limits.store == Store::Redis || c.quota.is_some());
     let kept = previous.and_then(|p| {
-        p.clients.iter().find(|c| &*c.id.0 == id).map(|c| c.limiter.clone()).filter(|l| l.rate() == rate)
+        p.clients
+            .iter()
+            .find(|pc| &*pc.id.0 == c.id)
+            .map(|pc| pc.limiter.clone())
+            .filter(|l| !shared && l.is_local() && l.rate() == c.rate && l.quota() == c.quota)
     });
-    kept.unwrap_or_else(|| Arc::new(LocalLimiter::new(rate)))
+    kept.unwrap_or_else(|| Arc::new(new_limiter(c, limits, link)))
+}
+
+fn new_limiter(c: &Client, limits: &Limits, link: Option<&Arc<Link>>) -> Limiter {
+    let shares_rate = limits.store == Store::Redis;
+    match (link, c.quota) {
+        (Some(link), quota) if shares_rate || quota.is_some() => {
+            let settings = link.settings();
+            let store = RedisStore::new(&settings.key_prefix, &c.id, c.rate, shares_rate, quota, limits.clock_offset);
+            let local_rate = (!shares_rate).then(|| LocalLimiter::new(c.rate));
+            Limiter::Shared(Fallback::new(link.clone(), store, local_rate, Standby::new(settings.on_error, c.rate)))
+        }
+        (_, Some(quota)) => Limiter::Counted(Counted::new(c.rate, quota, limits.clock_offset)),
+        (_, None) => Limiter::Local(LocalLimiter::new(c.rate)),
+    }
+}
+
+/// The link to Redis: the previous one while its settings are unchanged.
+fn link_for(limits: &Limits, previous: Option<&Snapshot>) -> Option<Arc<Link>> {
+    let settings = limits.redis.as_ref()?;
+    let same = previous.and_then(|p| p.redis.clone()).filter(|l| l.settings() == settings);
+    same.or_else(|| Link::start(settings))
 }
 
 /// Makes request ids: a random per-process prefix and a counter, so no
@@ -196,6 +230,7 @@ impl Shared {
     pub fn new(snapshot: Snapshot) -> Shared {
         let metrics = Arc::new(Metrics::new());
         snapshot.publish_key_metrics(&metrics);
+        snapshot.redis.iter().for_each(|link| link.set_metrics(&metrics.limiter));
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -216,6 +251,7 @@ impl Shared {
             self.metrics.key_last_used.remove(&gone);
         }
         next.publish_key_metrics(&self.metrics);
+        next.redis.iter().for_each(|link| link.set_metrics(&self.metrics.limiter));
         self.snapshot.store(Arc::new(next));
         Ok(())
     }

@@ -124,6 +124,7 @@ fn clients(c: &mut Checker<'_>, config: &mut Config, env: &Env, default_rate: Ra
                 rate: default_rate,
                 keys: vec![key],
                 tls_subjects: Vec::new(),
+                quota: None,
             }),
         }
     }

@@ -28,6 +28,7 @@ pub struct FileConfig {
     pub routes: Vec<RouteToml>,
     #[serde(default)]
     pub clients: BTreeMap<String, ClientToml>,
+    pub redis: Option<RedisToml>,
 }
 
 /// `[listen]`: the proxy listener and its connection limits.
@@ -79,6 +80,8 @@ pub struct AuthToml {
 pub struct RateToml {
     pub per_second: Spanned<f64>,
     pub burst: Spanned<i64>,
+    /// `"local"` or `"redis"`: only in `[rate_limit]`.
+    pub store: Option<Str>,
 }
 
 /// `[upstreams.<name>]`.
@@ -119,6 +122,7 @@ pub struct ClientToml {
     #[serde(default)]
     pub keys: Vec<KeyToml>,
     pub tls_subjects: Option<Vec<Str>>,
+    pub quota: Option<QuotaToml>,
 }
 
 /// One key of a client: a hash, or the name of an environment variable.
@@ -129,4 +133,23 @@ pub struct KeyToml {
     pub env: Option<Str>,
     pub not_before: Option<Str>,
     pub expires: Option<Str>,
+}
+
+/// `[redis]`: the shared store for rates and quotas.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisToml {
+    pub url: Option<Str>,
+    pub password_env: Option<Str>,
+    pub timeout: Option<Str>,
+    pub on_error: Option<Str>,
+    pub key_prefix: Option<Str>,
+}
+
+/// `quota = { requests = N, per = "hour" | "day" | "month" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaToml {
+    pub requests: Spanned<i64>,
+    pub per: Str,
 }

@@ -8,6 +8,7 @@
 pub mod env;
 pub mod error;
 pub mod file;
+mod limits;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,8 @@ pub struct Config {
     pub clients: Vec<Client>,
     /// Things worth telling the operator that do not stop loading.
     pub warnings: Vec<Problem>,
+    /// Where rates and quotas are counted.
+    pub limits: Limits,
 }
 
 /// The proxy listener and its limits.
@@ -126,6 +129,7 @@ pub struct Client {
     pub keys: Vec<Key>,
     /// Certificate subjects this client must present (empty: any or none).
     pub tls_subjects: Vec<String>,
+    pub quota: Option<Quota>,
 }
 
 /// One key of a client, by its SHA-256 digest.
@@ -147,6 +151,84 @@ pub enum KeyOrigin {
     File { field: String, span: std::ops::Range<usize> },
     /// A `KEYGATE_KEY_*` variable.
     Env(String),
+}
+
+/// A client's quota: `requests` allowed per calendar period (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub requests: u64,
+    pub per: Period,
+}
+
+/// A calendar period in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Hour,
+    Day,
+    Month,
+}
+
+/// Where client rates are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Store {
+    /// Each instance alone.
+    #[default]
+    Local,
+    /// In Redis, shared by every instance.
+    Redis,
+}
+
+/// What decides when Redis fails or is slower than its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// This instance's own limiter at the client's rate.
+    #[default]
+    Local,
+    /// Let requests through uncounted.
+    Allow,
+    /// Refuse with 503 `limiter_unavailable`.
+    Deny,
+}
+
+impl OnError {
+    /// The name used in the configuration and in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnError::Local => "local",
+            OnError::Allow => "allow",
+            OnError::Deny => "deny",
+        }
+    }
+}
+
+/// A value that must never be printed (a URL with credentials, a password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// `[redis]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSettings {
+    pub url: Secret,
+    pub password: Option<Secret>,
+    pub timeout: Duration,
+    pub on_error: OnError,
+    pub key_prefix: String,
+}
+
+/// Where rates and quotas are counted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub store: Store,
+    pub redis: Option<RedisSettings>,
+    /// Seconds added to the clock quotas read: 0 except in tests that cross
+    /// a period's end.
+    pub clock_offset: i64,
 }
 
 /// Load the configuration as `serve` would: the file (if any), then the environment.

@@ -39,7 +39,7 @@ impl<'a> Checker<'a> {
         self.problems.push(Problem { origin, field: field.to_string(), message: message.into() });
     }
 
-    fn warn(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
+    pub(super) fn warn(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
         let origin = self.origin(span);
         self.warnings.push(Problem { origin, field: field.to_string(), message: message.into() });
     }
@@ -82,9 +82,11 @@ pub(super) fn validate(file: FileConfig, src: Option<&Source<'_>>, env_vars: &En
         routes,
         clients,
         warnings: Vec::new(),
+        limits: super::limits::limits(&mut c, &file, env_vars),
     };
     env::apply(&mut c, &mut config, env_vars, default_rate);
     final_checks(&mut c, &config);
+    super::limits::final_checks(&mut c, &config, &file);
     config.warnings = std::mem::take(&mut c.warnings);
     if c.problems.is_empty() {
         Ok(config)
@@ -431,6 +433,7 @@ fn clients(
                     .filter_map(|(i, k)| key(c, k, &format!("{field}.keys[{i}]"), env_vars))
                     .collect(),
                 tls_subjects: cl.tls_subjects.iter().flatten().map(|s| s.get_ref().clone()).collect(),
+                quota: cl.quota.as_ref().and_then(|q| super::limits::quota(c, q, &field)),
             }
         })
         .collect()

@@ -1,109 +1,14 @@
-//! Rate limits: a GCRA budget per client, and a throttle on failed
-//! authentication per remote address.
+//! The throttle on failed authentication per remote address. Client
+//! budgets (local, Redis, quotas) live in [`crate::limit`].
 
-use std::fmt;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::Quota;
 
-use crate::config::Rate;
-
-/// The outcome of one rate-limit check, with what the `RateLimit-*` headers say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    pub allowed: bool,
-    /// `RateLimit-Limit`: the burst.
-    pub limit: u32,
-    /// `RateLimit-Remaining`: requests that would pass right now.
-    pub remaining: u32,
-    /// `RateLimit-Reset`: whole seconds until the budget is full again.
-    pub reset: u64,
-    /// `Retry-After` when refused: whole seconds, at least 1.
-    pub retry_after: u64,
-}
-
-/// A client's budget. Behind a trait so a shared store (e.g. Redis) can
-/// replace the in-process one without touching the request path.
-pub trait Limiter: Send + Sync + fmt::Debug {
-    /// Take one request from the budget if it allows.
-    fn check(&self) -> Decision;
-    /// The rate this limiter enforces.
-    fn rate(&self) -> Rate;
-}
-
-type Gcra = governor::RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
-
-/// An in-process GCRA limiter (lock-free: one atomic compare-and-swap per check).
-pub struct LocalLimiter {
-    gcra: Gcra,
-    rate: Rate,
-    interval: Duration,
-}
-
-impl fmt::Debug for LocalLimiter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LocalLimiter").field("rate", &self.rate).finish()
-    }
-}
-
-impl LocalLimiter {
-    /// A full budget for `rate`.
-    pub fn new(rate: Rate) -> LocalLimiter {
-        let interval = Duration::from_secs_f64(1.0 / rate.per_second).max(Duration::from_nanos(1));
-        let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
-        let quota =
-            Quota::with_period(interval).unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX)).allow_burst(burst);
-        let gcra = governor::RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>();
-        LocalLimiter { gcra, rate, interval }
-    }
-}
-
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-impl Limiter for LocalLimiter {
-    fn check(&self) -> Decision {
-        let limit = self.rate.burst;
-        match self.gcra.check() {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity().min(limit);
-                let used = limit - remaining;
-                Decision {
-                    allowed: true,
-                    limit,
-                    remaining,
-                    reset: ceil_secs(self.interval.saturating_mul(used)),
-                    retry_after: 0,
-                }
-            }
-            Err(not_until) => {
-                // The limiter's own clock: a new one would calibrate itself (tens of µs) on every refusal.
-                let wait = not_until.wait_time_from(self.gcra.clock().now());
-                // Once the next request may pass, the other `burst - 1` refill one interval each.
-                let full = wait + self.interval.saturating_mul(limit.saturating_sub(1));
-                Decision {
-                    allowed: false,
-                    limit,
-                    remaining: 0,
-                    reset: ceil_secs(full),
-                    retry_after: ceil_secs(wait).max(1),
-                }
-            }
-        }
-    }
-
-    fn rate(&self) -> Rate {
-        self.rate
-    }
-}
+use crate::limit::ceil_secs;
+pub use crate::limit::{Decision, Limiter, LocalLimiter};
 
 /// Counts failed authentications per remote address (IPv6 per /64) and
 /// refuses an address that has failed too often, until it recovers.
@@ -239,16 +144,6 @@ mod tests {
     use std::net::Ipv4Addr;
 
     #[test]
-    fn burst_then_refused() {
-        let l = LocalLimiter::new(Rate { per_second: 1.0, burst: 3 });
-        let remaining: Vec<u32> = (0..3).map(|_| l.check().remaining).collect();
-        assert_eq!(remaining, vec![2, 1, 0]);
-        let refused = l.check();
-        assert!(!refused.allowed);
-        assert_eq!(refused.retry_after, 1);
-    }
-
-    #[test]
     fn throttle_trips_at_limit() {
         let t = FailureThrottle::default();
         let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
@@ -269,18 +164,6 @@ mod tests {
             t.record_failure(IpAddr::V4(Ipv4Addr::from(i)), 20);
         }
         assert!(t.len() <= 1000);
-    }
-
-    #[test]
-    fn retry_after_and_reset_round_up() {
-        let l = LocalLimiter::new(Rate { per_second: 0.25, burst: 2 });
-        let first = l.check();
-        assert_eq!((first.remaining, first.reset), (1, 4));
-        assert_eq!(l.check().reset, 8);
-        let refused = l.check();
-        assert!(!refused.allowed);
-        assert!((3..=4).contains(&refused.retry_after), "{refused:?}");
-        assert!((7..=8).contains(&refused.reset), "{refused:?}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod ops;
+#[path = "redis.rs"]
+pub mod redis_server;
 pub mod tls;
 pub mod upstream;
 
