@@ -141,7 +141,7 @@ fn limiter_for(c: &Client, limits: &Limits, link: Option<&Arc<Link>>, previous: 
     let kept = previous.and_then(|p| {
         p.clients
             .iter()
-            .find(|pc| &*pc.id.0 == c.id)
+            .find(|pc| *pc.id.0 == c.id)
             .map(|pc| pc.limiter.clone())
             .filter(|l| !shared && l.is_local() && l.rate() == c.rate && l.quota() == c.quota)
     });
