@@ -286,6 +286,45 @@ async fn password_from_env_and_never_in_output() {
     assert!(!out.contains(password), "{out}");
 }
 
+#[tokio::test]
+async fn rediss_shares_one_budget_over_tls() {
+    let dir = tempdir();
+    let ca = support::tls::Ca::new("redis test CA");
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let (cert, key) = ca.server().write(dir.path(), "redis");
+    let redis = RedisServer::start_tls(&cert, &key);
+    let up = Upstream::start().await;
+    let path = dir.path().join("keygate.toml");
+    let tables = redis_table("redis://unused", "");
+    std::fs::write(&path, config(up.addr, "{ per_second = 0.001, burst = 2 }", "", &tables)).unwrap();
+    let url = format!("rediss://localhost:{}/0", redis.port);
+    let ca_file = ca_path.display().to_string();
+    let env = [("KEYGATE_REDIS_URL", url.as_str()), ("SSL_CERT_FILE", ca_file.as_str())];
+    let (a, b) = (Process::serve(Some(&path), &env), Process::serve(Some(&path), &env));
+    let (url_a, url_b) = (format!("http://{}/r", a.addr), format!("http://{}/r", b.addr));
+    for kg in [&a, &b] {
+        let admin = kg.admin.expect("admin");
+        let connected = || async move {
+            let text = String::from_utf8_lossy(&get(&format!("http://{admin}/metrics"), &[]).await.body).into_owned();
+            metric(&text, "keygate_limiter_breaker_open ") == Some(0.0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !connected().await {
+            assert!(Instant::now() < deadline, "never connected over TLS: {}", kg.output());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Each instance alone would allow 2; connected over TLS they share the 2.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(get(&url_a, &[("x-api-key", KEY)]).await.status.as_u16());
+    }
+    assert_eq!(seen, [200, 200, 429]);
+    let from_b = get(&url_b, &[("x-api-key", KEY)]).await.status;
+    assert_eq!(from_b, 429, "the other instance shares the budget: {}", b.output());
+    assert!(!a.output().contains("panicked"), "{}", a.output());
+}
+
 #[test]
 fn check_points_at_bad_limit_settings() {
     let cases = [

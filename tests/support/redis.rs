@@ -13,6 +13,8 @@ use super::{tempdir, Keygate};
 pub struct RedisServer {
     pub port: u16,
     password: Option<String>,
+    /// `--tls-*` arguments: the server speaks only TLS on `port`.
+    tls: Vec<String>,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -26,7 +28,28 @@ impl RedisServer {
     /// Start one that requires `password` (`requirepass`).
     pub fn start_with(password: Option<&str>) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let mut server = RedisServer { port, password: password.map(str::to_string), child: None, dir: tempdir() };
+        let password = password.map(str::to_string);
+        let mut server = RedisServer { port, password, tls: Vec::new(), child: None, dir: tempdir() };
+        server.restart();
+        server
+    }
+
+    /// Start one that speaks only TLS, with `cert` and `key` (clients are not asked for certificates).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let tls = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let mut server = RedisServer { port, password: None, tls, child: None, dir: tempdir() };
         server.restart();
         server
     }
@@ -44,6 +67,7 @@ impl RedisServer {
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
+        cmd.args(&self.tls);
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server installed");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -66,6 +90,9 @@ impl RedisServer {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let Ok(mut tcp) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
         let _ = tcp.set_read_timeout(Some(Duration::from_millis(500)));
+        if !self.tls.is_empty() {
+            return true;
+        }
         let mut buf = [0u8; 64];
         tcp.write_all(b"PING\r\n").is_ok() && tcp.read(&mut buf).is_ok_and(|n| n > 0)
     }
