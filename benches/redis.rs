@@ -65,7 +65,7 @@ fn redis_store(c: &mut Criterion) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while link.is_open() {
         assert!(Instant::now() < deadline, "redis-server did not answer");
-        rt.block_on(tokio::time::sleep(Duration::from_millis(20)));
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
     }
     let (down_link, down) = shared(&rt, free_port(), "down");
     assert!(down_link.is_open());

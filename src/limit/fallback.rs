@@ -47,20 +47,38 @@ impl Fallback {
 
     /// Take one request from the budget if it allows.
     pub async fn check(&self) -> Decision {
-        let base = match &self.local_rate {
-            Some(local) => {
-                let d = local.check();
-                if !d.allowed() {
-                    return d;
-                }
-                Some(d)
-            }
-            None => None,
+        let base = match self.local_first() {
+            Ok(base) => base,
+            Err(refused) => return refused,
         };
         let now = self.store.now();
         match self.link.call(&self.store, now).await {
             Some(reply) => self.store.decision(reply, base, now),
             None => self.standby(base),
+        }
+    }
+
+    /// Whether the breaker is open: [`Fallback::check_open`] answers now.
+    pub fn is_open(&self) -> bool {
+        self.link.is_open()
+    }
+
+    /// The decision while the breaker is open, without waiting.
+    pub fn check_open(&self) -> Decision {
+        match self.local_first() {
+            Ok(base) => self.standby(base),
+            Err(refused) => refused,
+        }
+    }
+
+    /// The local rate's decision when the rate is not shared: `Err` if it refuses.
+    fn local_first(&self) -> Result<Option<Decision>, Decision> {
+        let Some(local) = &self.local_rate else { return Ok(None) };
+        let d = local.check();
+        if d.allowed() {
+            Ok(Some(d))
+        } else {
+            Err(d)
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisError, RedisResult};
 
@@ -35,6 +36,9 @@ pub struct Link {
     down_logged: AtomicBool,
     script: redis::Script,
     metrics: OnceLock<LimiterMetrics>,
+    /// This link's fallback counter, looked up once: the fallback path
+    /// should cost no more than the local store.
+    fallbacks: OnceLock<Counter>,
 }
 
 impl std::fmt::Debug for Link {
@@ -67,6 +71,7 @@ impl Link {
             down_logged: AtomicBool::new(false),
             script: redis::Script::new(SCRIPT),
             metrics: OnceLock::new(),
+            fallbacks: OnceLock::new(),
         });
         // Outside a runtime (e.g. a benchmark building snapshots) nothing connects.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -83,6 +88,8 @@ impl Link {
     /// Count into `metrics` from now on.
     pub fn set_metrics(&self, metrics: &LimiterMetrics) {
         metrics.breaker_open.set(i64::from(self.breaker.is_open()));
+        let labels = crate::metrics::OnErrorLabels { on_error: self.settings.on_error.name() };
+        let _ = self.fallbacks.set(metrics.fallbacks.get_or_create(&labels).clone());
         let _ = self.metrics.set(metrics.clone());
     }
 
@@ -120,9 +127,8 @@ impl Link {
 
     /// Count a decision the fallback took.
     pub(super) fn count_fallback(&self) {
-        if let Some(m) = self.metrics.get() {
-            let labels = crate::metrics::OnErrorLabels { on_error: self.settings.on_error.name() };
-            m.fallbacks.get_or_create(&labels).inc();
+        if let Some(counter) = self.fallbacks.get() {
+            counter.inc();
         }
     }
 
