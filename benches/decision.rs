@@ -5,6 +5,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Method};
 use keygate::config::{self, Env};
 use keygate::proxy::{auth, headers};
@@ -47,7 +48,7 @@ fn decide(snap: &Snapshot, headers: &HeaderMap, path: &str) -> bool {
     let Ok(entry) = auth::identify(&snap.keys, &presented.credential, 1_800_000_000) else { return false };
     let Ok(route) = snap.router.find(path, &Method::GET, None) else { return false };
     let Some(client) = snap.clients.get(entry.client as usize) else { return false };
-    client.may_call(route) && client.limiter.check().allowed
+    client.may_call(route) && client.limiter.check().now_or_never().is_some_and(|d| d.allowed())
 }
 
 fn decision(c: &mut Criterion) {

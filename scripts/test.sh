@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests.
-# Installs the command-line tools the tests drive (curl, openssl) when missing.
+# Installs the command-line tools the tests drive (curl, openssl, redis-server) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
+command -v redis-server >/dev/null || need+=(redis-server)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "test.sh: please install: ${need[*]}" >&2

@@ -30,6 +30,10 @@ pub enum Reject {
     GatewayTimeout,
     // keygate itself: at its cap of requests in flight.
     Overloaded,
+    // Downstream: the client's quota for this calendar period is used up.
+    QuotaExceeded { retry_after: u64 },
+    // Internal: the shared limiter store failed and `on_error = "deny"`.
+    LimiterUnavailable,
 }
 
 impl Reject {
@@ -62,13 +66,19 @@ impl Reject {
             BadGateway => (StatusCode::BAD_GATEWAY, "bad_gateway", "Upstream unavailable"),
             GatewayTimeout => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", "Upstream timed out"),
             Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Too many requests in flight; retry shortly"),
+            QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", "Quota for this period used up"),
+            LimiterUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "limiter_unavailable", "Rate limiter unavailable; try again")
+            }
         }
     }
 
     /// Seconds to put in `Retry-After`, if any.
     pub fn retry_after(self) -> Option<u64> {
         match self {
-            Reject::RateLimited { retry_after } | Reject::TooManyFailures { retry_after } => Some(retry_after),
+            Reject::RateLimited { retry_after }
+            | Reject::TooManyFailures { retry_after }
+            | Reject::QuotaExceeded { retry_after } => Some(retry_after),
             // Slots free as responses end: usually within a second.
             Reject::Overloaded => Some(1),
             _ => None,

@@ -15,7 +15,7 @@
 //!    a failure is 401, or 429 once its address has failed too often — [`proxy::throttle`]
 //! 7. find the route (path prefix, method, host) — [`proxy::route`]
 //! 8. check the client may call it — [`state::ClientState::may_call`]
-//! 9. take one request from the client's budget, and a slot under the in-flight caps — [`proxy::rate_limit`], [`proxy::in_flight`]
+//! 9. take one request from the client's budget (rate and quota; local or Redis), and a slot under the in-flight caps — [`limit`], [`proxy::in_flight`]
 //! 10. strip every copy of the key and hop-by-hop headers, apply the route's header rules, set identity and `X-Forwarded-*` — [`proxy::headers`]
 //! 11. stream the request to a usable server of the upstream (failing over when it never reached one) and the response back — [`proxy::forward`], [`upstream`], [`body`]
 //! 12. log the request and count it when its response is done — [`access_log`], [`metrics`]
@@ -34,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod limit;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

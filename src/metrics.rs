@@ -95,6 +95,8 @@ pub struct Metrics {
     /// 1 while an upstream server takes traffic, 0 while ejected or checked down.
     pub upstream_server_up: Family<ServerLabels, Gauge<i64, AtomicI64>>,
     pub upstream_ejections: Family<EjectionLabels, Counter>,
+    /// The shared limiter store (Redis).
+    pub limiter: LimiterMetrics,
 }
 
 /// Holds a gauge one higher for as long as it lives.
@@ -145,6 +147,7 @@ impl Metrics {
             tunnels: Gauge::default(),
             tunnels_closed: Family::default(),
             accept_errors: Family::default(),
+            limiter: LimiterMetrics::default(),
             registry: Registry::default(),
             none: Name::new("-"),
             upstream_server_up: Family::default(),
@@ -187,6 +190,7 @@ impl Metrics {
             "Times an upstream server was taken out of rotation, by cause",
             m.upstream_ejections.clone(),
         );
+        m.limiter.register(&mut registry);
         Metrics { registry, ..m }
     }
 
@@ -227,4 +231,55 @@ pub struct EjectionLabels {
     pub upstream: Name,
     pub server: Name,
     pub cause: &'static str,
+}
+
+/// Labels naming the fallback that answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OnErrorLabels {
+    pub on_error: &'static str,
+}
+
+/// How the shared limiter store (Redis) is doing.
+#[derive(Clone, Debug)]
+pub struct LimiterMetrics {
+    /// Seconds per script call that answered.
+    pub round_trip: Histogram,
+    /// Failed calls by kind (timeout, refused, connection, auth, response).
+    pub errors: Family<ReasonLabels, Counter>,
+    /// Decisions the fallback took (store failed, or breaker open), by `on_error`.
+    pub fallbacks: Family<OnErrorLabels, Counter>,
+    /// 1 while the circuit breaker is open (requests skip Redis).
+    pub breaker_open: Gauge<i64, AtomicI64>,
+}
+
+impl Default for LimiterMetrics {
+    fn default() -> Self {
+        LimiterMetrics {
+            round_trip: Histogram::new(exponential_buckets(0.00005, 2.0, 14)),
+            errors: Family::default(),
+            fallbacks: Family::default(),
+            breaker_open: Gauge::default(),
+        }
+    }
+}
+
+impl LimiterMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "limiter_store_round_trip_seconds",
+            "Time per call to the shared limiter store",
+            self.round_trip.clone(),
+        );
+        registry.register("limiter_store_errors", "Failed calls to the shared limiter store", self.errors.clone());
+        registry.register(
+            "limiter_fallbacks",
+            "Limit decisions taken by the fallback while the shared store failed",
+            self.fallbacks.clone(),
+        );
+        registry.register(
+            "limiter_breaker_open",
+            "1 while requests skip the shared limiter store",
+            self.breaker_open.clone(),
+        );
+    }
 }

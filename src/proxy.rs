@@ -10,7 +10,6 @@ pub mod headers;
 pub mod host;
 pub mod in_flight;
 pub mod path;
-pub mod rate_limit;
 pub mod respond;
 pub mod route;
 pub mod throttle;
@@ -33,7 +32,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::error::Reject;
 use crate::state::{ClientState, Shared, Snapshot};
 use client_addr::Remote;
-use rate_limit::Decision;
+use crate::limit::Decision;
 
 /// What the listener knows about a connection.
 #[derive(Debug)]
@@ -203,10 +202,10 @@ async fn run(
     if !client.may_call(route_index) {
         return Err(plain(Reject::Forbidden));
     }
-    let decision = client.limiter.check();
-    if !decision.allowed {
+    let decision = client.limiter.check().await;
+    if let Some(reject) = decision.reject() {
         shared.metrics.rate_limited.get_or_create(&crate::metrics::ClientLabels { client: client.id.clone() }).inc();
-        return Err((Reject::RateLimited { retry_after: decision.retry_after }, Some(decision)));
+        return Err((reject, Some(decision)));
     }
     let with_limit = |r: Reject| (r, Some(decision));
     let permit = in_flight::acquire(&shared.in_flight, listen.max_in_flight, &client.in_flight, client.max_in_flight)

@@ -10,11 +10,12 @@ use http::HeaderValue;
 use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
 
-use crate::config::{Allowed, Config, Rate};
+use crate::config::{Allowed, Client, Config, Limits, Store};
 use crate::keys::{KeyEntry, KeyTable};
+use crate::limit::redis::{Link, RedisStore};
+use crate::limit::{Counted, Fallback, Limiter, LocalLimiter, Standby};
 use crate::metrics::{KeyLabels, Metrics, Name};
 use crate::proxy::in_flight::Slots;
-use crate::proxy::rate_limit::{Limiter, LocalLimiter};
 use crate::proxy::route::Router;
 use crate::proxy::throttle::FailureThrottle;
 use crate::proxy::tunnel::{Credential, Tunnels};
@@ -28,7 +29,7 @@ pub struct ClientState {
     /// The id as the identity header's value.
     pub header_value: HeaderValue,
     pub allowed: Allowed,
-    pub limiter: Arc<dyn Limiter>,
+    pub limiter: Arc<Limiter>,
     pub tls_subjects: Vec<String>,
     /// Its requests in flight (carried over a reload) and their cap.
     pub in_flight: Arc<Slots>,
@@ -64,6 +65,8 @@ pub struct Snapshot {
     /// Each key's label as a header value, by [`KeyEntry::index`]; empty
     /// unless `auth.credential_header` is set.
     pub key_header_values: Vec<HeaderValue>,
+    /// The connection to Redis, when `[redis]` is configured.
+    pub redis: Option<Arc<Link>>,
 }
 
 impl Snapshot {
@@ -84,6 +87,7 @@ impl Snapshot {
         // By id, once: a lookup per client would be quadratic in large configurations.
         let before: HashMap<&str, &ClientState> =
             previous.iter().flat_map(|p| &p.clients).map(|c| (&*c.id.0, c)).collect();
+        let redis = link_for(&config.limits, previous);
         let clients = config
             .clients
             .iter()
@@ -103,7 +107,7 @@ impl Snapshot {
                     id: Name::new(&c.id),
                     header_value: HeaderValue::from_str(&c.id).unwrap_or(HeaderValue::from_static("invalid")),
                     allowed: c.allowed.clone(),
-                    limiter: limiter_for(c.rate, before.get(c.id.as_str()).copied()),
+                    limiter: limiter_for(c, &config.limits, redis.as_ref(), before.get(c.id.as_str()).copied()),
                     tls_subjects: c.tls_subjects.clone(),
                     in_flight: before.get(c.id.as_str()).map_or_else(Default::default, |b| b.in_flight.clone()),
                     max_in_flight: c.max_in_flight.unwrap_or(config.listen.max_in_flight_per_client),
@@ -127,6 +131,7 @@ impl Snapshot {
             tls,
             config,
             key_last_used: OnceLock::new(),
+            redis,
         })
     }
 
@@ -168,9 +173,35 @@ impl Snapshot {
     }
 }
 
-fn limiter_for(rate: Rate, previous: Option<&ClientState>) -> Arc<dyn Limiter> {
-    let kept = previous.map(|c| c.limiter.clone()).filter(|l| l.rate() == rate);
-    kept.unwrap_or_else(|| Arc::new(LocalLimiter::new(rate)))
+/// The client's limiter: kept from its previous state while its local state
+/// is worth keeping (same rate and quota), else built afresh for where it is counted.
+fn limiter_for(c: &Client, limits: &Limits, link: Option<&Arc<Link>>, previous: Option<&ClientState>) -> Arc<Limiter> {
+    let shared = link.is_some() && (limits.store == Store::Redis || c.quota.is_some());
+    let kept = previous
+        .map(|pc| pc.limiter.clone())
+        .filter(|l| !shared && l.is_local() && l.rate() == c.rate && l.quota() == c.quota);
+    kept.unwrap_or_else(|| Arc::new(new_limiter(c, limits, link)))
+}
+
+fn new_limiter(c: &Client, limits: &Limits, link: Option<&Arc<Link>>) -> Limiter {
+    let shares_rate = limits.store == Store::Redis;
+    match (link, c.quota) {
+        (Some(link), quota) if shares_rate || quota.is_some() => {
+            let settings = link.settings();
+            let store = RedisStore::new(&settings.key_prefix, &c.id, c.rate, shares_rate, quota, limits.clock_offset);
+            let local_rate = (!shares_rate).then(|| LocalLimiter::new(c.rate));
+            Limiter::Shared(Fallback::new(link.clone(), store, local_rate, Standby::new(settings.on_error, c.rate)))
+        }
+        (_, Some(quota)) => Limiter::Counted(Counted::new(c.rate, quota, limits.clock_offset)),
+        (_, None) => Limiter::Local(LocalLimiter::new(c.rate)),
+    }
+}
+
+/// The link to Redis: the previous one while its settings are unchanged.
+fn link_for(limits: &Limits, previous: Option<&Snapshot>) -> Option<Arc<Link>> {
+    let settings = limits.redis.as_ref()?;
+    let same = previous.and_then(|p| p.redis.clone()).filter(|l| l.settings() == settings);
+    same.or_else(|| Link::start(settings))
 }
 
 /// Makes request ids: a random per-process prefix and a counter, so no
@@ -242,6 +273,7 @@ impl Shared {
         let metrics = Arc::new(metrics);
         snapshot.publish_key_metrics(&metrics);
         crate::upstream::report::publish_metrics(&snapshot.upstreams, None, &metrics);
+        snapshot.redis.iter().for_each(|link| link.set_metrics(&metrics.limiter));
         Shared {
             tunnels: Arc::new(Tunnels::new(&metrics)),
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -265,6 +297,7 @@ impl Shared {
         }
         next.publish_key_metrics(&self.metrics);
         crate::upstream::report::publish_metrics(&next.upstreams, Some(&current.upstreams), &self.metrics);
+        next.redis.iter().for_each(|link| link.set_metrics(&self.metrics.limiter));
         let next = Arc::new(next);
         self.snapshot.store(next.clone());
         let now = crate::keys::unix_now();

@@ -49,6 +49,7 @@ const KNOWN: &[&str] = &[
     "KEYGATE_TRUSTED_PROXIES",
     "KEYGATE_PROXY_PROTOCOL",
     "KEYGATE_SHUTDOWN_GRACE",
+    "KEYGATE_REDIS_URL",
 ];
 
 /// Variables keygate reads by prefix, followed by a client id.
@@ -178,6 +179,7 @@ fn clients(c: &mut Checker<'_>, config: &mut Config, env: &Env, default_rate: Ra
                 keys: vec![key],
                 tls_subjects: Vec::new(),
                 max_in_flight: None,
+                quota: None,
             }),
         }
     }

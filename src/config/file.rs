@@ -29,6 +29,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub clients: BTreeMap<String, ClientToml>,
     pub request_headers: Option<HeaderRulesToml>,
+    pub redis: Option<RedisToml>,
 }
 
 /// `[listen]`: the proxy listener and its connection limits.
@@ -90,6 +91,8 @@ pub struct AuthToml {
 pub struct RateToml {
     pub per_second: Spanned<f64>,
     pub burst: Spanned<i64>,
+    /// `"local"` or `"redis"`: only in `[rate_limit]`.
+    pub store: Option<Str>,
 }
 
 /// `[upstreams.<name>]`.
@@ -148,6 +151,7 @@ pub struct ClientToml {
     pub keys: Vec<KeyToml>,
     pub tls_subjects: Option<Vec<Str>>,
     pub max_in_flight: Option<Spanned<i64>>,
+    pub quota: Option<QuotaToml>,
 }
 
 /// One key of a client: a hash, or the name of an environment variable.
@@ -170,4 +174,23 @@ pub struct HealthCheckToml {
     pub timeout: Option<Str>,
     pub healthy: Option<Spanned<i64>>,
     pub unhealthy: Option<Spanned<i64>>,
+}
+
+/// `[redis]`: the shared store for rates and quotas.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisToml {
+    pub url: Option<Str>,
+    pub password_env: Option<Str>,
+    pub timeout: Option<Str>,
+    pub on_error: Option<Str>,
+    pub key_prefix: Option<Str>,
+}
+
+/// `quota = { requests = N, per = "hour" | "day" | "month" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaToml {
+    pub requests: Spanned<i64>,
+    pub per: Str,
 }

@@ -10,6 +10,7 @@ pub mod env;
 pub mod error;
 pub mod file;
 pub mod suggest;
+mod limits;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -43,6 +44,8 @@ pub struct Config {
     pub clients: Vec<Client>,
     /// Things worth telling the operator that do not stop loading.
     pub warnings: Vec<Problem>,
+    /// Where rates and quotas are counted.
+    pub limits: Limits,
 }
 
 impl Config {
@@ -272,6 +275,7 @@ pub struct Client {
     pub tls_subjects: Vec<String>,
     /// Its own cap on requests in flight; `None`: `listen.max_in_flight_per_client`.
     pub max_in_flight: Option<usize>,
+    pub quota: Option<Quota>,
 }
 
 /// One key of a client, by its SHA-256 digest.
@@ -302,6 +306,84 @@ pub enum KeyOrigin {
     File { field: String, span: std::ops::Range<usize> },
     /// A `KEYGATE_KEY_*` variable.
     Env(String),
+}
+
+/// A client's quota: `requests` allowed per calendar period (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub requests: u64,
+    pub per: Period,
+}
+
+/// A calendar period in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Hour,
+    Day,
+    Month,
+}
+
+/// Where client rates are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Store {
+    /// Each instance alone.
+    #[default]
+    Local,
+    /// In Redis, shared by every instance.
+    Redis,
+}
+
+/// What decides when Redis fails or is slower than its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// This instance's own limiter at the client's rate.
+    #[default]
+    Local,
+    /// Let requests through uncounted.
+    Allow,
+    /// Refuse with 503 `limiter_unavailable`.
+    Deny,
+}
+
+impl OnError {
+    /// The name used in the configuration and in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnError::Local => "local",
+            OnError::Allow => "allow",
+            OnError::Deny => "deny",
+        }
+    }
+}
+
+/// A value that must never be printed (a URL with credentials, a password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// `[redis]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSettings {
+    pub url: Secret,
+    pub password: Option<Secret>,
+    pub timeout: Duration,
+    pub on_error: OnError,
+    pub key_prefix: String,
+}
+
+/// Where rates and quotas are counted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub store: Store,
+    pub redis: Option<RedisSettings>,
+    /// Seconds added to the clock quotas read: 0 except in tests that cross
+    /// a period's end.
+    pub clock_offset: i64,
 }
 
 /// Load the configuration as `serve` would: the file (if any), then the environment.

@@ -39,7 +39,7 @@ impl<'a> Checker<'a> {
         self.problems.push(Problem { origin, field: field.to_string(), message: message.into() });
     }
 
-    fn warn(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
+    pub(super) fn warn(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
         let origin = self.origin(span);
         self.warnings.push(Problem { origin, field: field.to_string(), message: message.into() });
     }
@@ -82,10 +82,12 @@ pub(super) fn validate(file: FileConfig, src: Option<&Source<'_>>, env_vars: &En
         routes,
         clients,
         warnings: Vec::new(),
+        limits: super::limits::limits(&mut c, &file, env_vars),
     };
     env::apply(&mut c, &mut config, env_vars, default_rate);
     super::auth::route_rules(&mut c, &mut config, &file);
     final_checks(&mut c, &config);
+    super::limits::final_checks(&mut c, &config, &file);
     config.warnings = std::mem::take(&mut c.warnings);
     if c.problems.is_empty() {
         Ok(config)
@@ -476,6 +478,7 @@ fn clients(
                     .max_in_flight
                     .is_some()
                     .then(|| count(c, &cl.max_in_flight, &format!("{field}.max_in_flight"), 1)),
+                quota: cl.quota.as_ref().and_then(|q| super::limits::quota(c, q, &field)),
             }
         })
         .collect()

@@ -4,7 +4,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Response;
 use std::sync::OnceLock;
 
-use super::rate_limit::Decision;
+use crate::limit::Decision;
 use super::route::Router;
 use crate::body::ResponseBody;
 use crate::config::Auth;
@@ -13,6 +13,7 @@ use crate::error::Reject;
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// The JSON body of an error: `{"error":…,"message":…,"request_id":…}`.
 ///
@@ -75,6 +76,9 @@ pub fn rate_limit_headers(h: &mut HeaderMap, d: &Decision) {
     h.insert(RATELIMIT_LIMIT, number(u64::from(d.limit)));
     h.insert(RATELIMIT_REMAINING, number(u64::from(d.remaining)));
     h.insert(RATELIMIT_RESET, number(d.reset));
+    if let Some(q) = &d.quota {
+        h.insert(RATELIMIT_POLICY, crate::limit::quota::policy(q));
+    }
 }
 
 /// Numbers below this are header values made once, cloned without allocating.

@@ -5,6 +5,8 @@
 pub mod failover;
 pub mod flood;
 pub mod ops;
+#[path = "redis.rs"]
+pub mod redis_server;
 pub mod tls;
 pub mod upstream;
 

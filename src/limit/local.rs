@@ -1,5 +1,5 @@
-//! Rate limits: a GCRA budget per client. The failed-authentication
-//! throttle is in [`super::throttle`].
+//! The in-process store: a GCRA budget per client that only this instance
+//! counts (lock-free: one atomic compare-and-swap per check).
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -10,34 +10,12 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::Quota;
 
+use super::{ceil_secs, Decision, Verdict};
 use crate::config::Rate;
-
-/// The outcome of one rate-limit check, with what the `RateLimit-*` headers say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    pub allowed: bool,
-    /// `RateLimit-Limit`: the burst.
-    pub limit: u32,
-    /// `RateLimit-Remaining`: requests that would pass right now.
-    pub remaining: u32,
-    /// `RateLimit-Reset`: whole seconds until the budget is full again.
-    pub reset: u64,
-    /// `Retry-After` when refused: whole seconds, at least 1.
-    pub retry_after: u64,
-}
-
-/// A client's budget. Behind a trait so a shared store (e.g. Redis) can
-/// replace the in-process one without touching the request path.
-pub trait Limiter: Send + Sync + fmt::Debug {
-    /// Take one request from the budget if it allows.
-    fn check(&self) -> Decision;
-    /// The rate this limiter enforces.
-    fn rate(&self) -> Rate;
-}
 
 type Gcra = governor::RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
-/// An in-process GCRA limiter (lock-free: one atomic compare-and-swap per check).
+/// An in-process GCRA limiter.
 pub struct LocalLimiter {
     gcra: Gcra,
     rate: Rate,
@@ -60,25 +38,26 @@ impl LocalLimiter {
         let gcra = governor::RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>();
         LocalLimiter { gcra, rate, interval }
     }
-}
 
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
+    /// The rate this limiter enforces.
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
 
-impl Limiter for LocalLimiter {
-    fn check(&self) -> Decision {
+    /// Take one request from the budget if it allows.
+    pub fn check(&self) -> Decision {
         let limit = self.rate.burst;
         match self.gcra.check() {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity().min(limit);
                 let used = limit - remaining;
                 Decision {
-                    allowed: true,
+                    verdict: Verdict::Allowed,
                     limit,
                     remaining,
                     reset: ceil_secs(self.interval.saturating_mul(used)),
                     retry_after: 0,
+                    quota: None,
                 }
             }
             Err(not_until) => {
@@ -87,18 +66,15 @@ impl Limiter for LocalLimiter {
                 // Once the next request may pass, the other `burst - 1` refill one interval each.
                 let full = wait + self.interval.saturating_mul(limit.saturating_sub(1));
                 Decision {
-                    allowed: false,
+                    verdict: Verdict::RateLimited,
                     limit,
                     remaining: 0,
                     reset: ceil_secs(full),
                     retry_after: ceil_secs(wait).max(1),
+                    quota: None,
                 }
             }
         }
-    }
-
-    fn rate(&self) -> Rate {
-        self.rate
     }
 }
 
@@ -112,7 +88,7 @@ mod tests {
         let remaining: Vec<u32> = (0..3).map(|_| l.check().remaining).collect();
         assert_eq!(remaining, vec![2, 1, 0]);
         let refused = l.check();
-        assert!(!refused.allowed);
+        assert_eq!(refused.verdict, Verdict::RateLimited);
         assert_eq!(refused.retry_after, 1);
     }
 
@@ -123,7 +99,7 @@ mod tests {
         assert_eq!((first.remaining, first.reset), (1, 4));
         assert_eq!(l.check().reset, 8);
         let refused = l.check();
-        assert!(!refused.allowed);
+        assert!(!refused.allowed());
         assert!((3..=4).contains(&refused.retry_after), "{refused:?}");
         assert!((7..=8).contains(&refused.reset), "{refused:?}");
     }
