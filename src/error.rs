@@ -11,7 +11,9 @@ pub enum Reject {
     NoRoute,
     // The route's prefix and host match, its methods do not; `allow`
     // indexes the router's `Allow` values.
-    MethodNotAllowed { allow: u32 },
+    MethodNotAllowed {
+        allow: u32,
+    },
     Forbidden,
     RateLimited {
         retry_after: u64,
@@ -31,7 +33,9 @@ pub enum Reject {
     // keygate itself: at its cap of requests in flight.
     Overloaded,
     // Downstream: the client's quota for this calendar period is used up.
-    QuotaExceeded { retry_after: u64 },
+    QuotaExceeded {
+        retry_after: u64,
+    },
     // Internal: the shared limiter store failed and `on_error = "deny"`.
     LimiterUnavailable,
 }

@@ -30,9 +30,9 @@ use hyper::body::Incoming;
 use crate::access_log::Record;
 use crate::body::{RequestBody, ResponseBody};
 use crate::error::Reject;
+use crate::limit::Decision;
 use crate::state::{ClientState, Shared, Snapshot};
 use client_addr::Remote;
-use crate::limit::Decision;
 
 /// What the listener knows about a connection.
 #[derive(Debug)]

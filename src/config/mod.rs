@@ -9,8 +9,8 @@ mod auth;
 pub mod env;
 pub mod error;
 pub mod file;
-pub mod suggest;
 mod limits;
+pub mod suggest;
 mod validate;
 
 use std::collections::BTreeMap;

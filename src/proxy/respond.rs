@@ -4,11 +4,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Response;
 use std::sync::OnceLock;
 
-use crate::limit::Decision;
 use super::route::Router;
 use crate::body::ResponseBody;
 use crate::config::Auth;
 use crate::error::Reject;
+use crate::limit::Decision;
 
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
