@@ -57,6 +57,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: cli::routes::Format,
     },
+    /// Say what the proxy would answer to one request, step by step, sending nothing.
+    #[command(
+        after_help = "Examples:\n  keygate explain -c keygate.toml --client billing GET /orders/7\n  keygate explain -c keygate.toml --client billing DELETE 'http://orders.internal/admin;x'\n  keygate explain -c keygate.toml --key-from-stdin GET /orders/7 < billing.key"
+    )]
+    Explain(cli::explain::Args),
     /// Try keygate: an echo upstream, a key and a certificate, all on loopback.
     #[command(after_help = "Example:\n  keygate demo")]
     Demo,
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         Command::Check { config } => cli::check::run(config),
         Command::Keygen(a) => cli::keygen::run(a),
         Command::Hash => cli::hash::run(),
+        Command::Explain(a) => cli::explain::run(a),
         Command::Routes { config, format } => cli::routes::run(config, format),
         Command::Demo => cli::demo::run(),
         Command::Healthcheck { url, config } => cli::healthcheck::run(url.as_deref(), config),

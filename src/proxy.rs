@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use crate::access_log::Record;
 use crate::body::{RequestBody, ResponseBody};
 use crate::error::Reject;
+use crate::keys::KeyEntry;
 use crate::limit::Decision;
 use crate::state::{ClientState, Shared, Snapshot};
 use client_addr::Remote;
@@ -168,40 +169,42 @@ async fn run(
 ) -> Outcome {
     let plain = |r: Reject| (r, None);
     let listen = &snap.config.listen;
-    framing::check_limits(&parts.headers, listen.max_header_bytes, listen.max_headers).map_err(plain)?;
-    framing::check(&parts.headers).map_err(plain)?;
-    let host = host::request_host(&parts).map_err(plain)?;
-    let host_name = host.as_ref().map(host::route_name).transpose().map_err(plain)?;
-    let path = path::normalize(parts.uri.path()).map_err(|_| plain(Reject::BadRequest))?;
+    let auth = &snap.config.auth;
     let logging = crate::access_log::enabled();
     let client_ip = conn.client_ip(&parts.headers, listen);
-    if logging {
-        // The query may hold the key until it is known where the key came from.
-        record.target = path.to_string();
-        record.client_ip = conn.trusted.then_some(client_ip);
-        record.peer = (conn.trusted || conn.peer != conn.remote).then_some(conn.peer);
-    }
-    let auth = &snap.config.auth;
     let now = crate::keys::unix_now();
-    let (client, entry, copies) =
-        authenticate(&parts, snap, conn, now).map_err(|r| plain(failed(shared, client_ip, r, auth)))?;
-    record.client = Some(client.id.clone());
-    if logging {
-        // The fingerprint is for the log line only (metrics count by client).
-        record.key = snap.key_names.get(entry.index as usize).cloned();
-    }
-    if let Some(gauge) = snap.key_last_used.get().and_then(|g| g.get(entry.index as usize)) {
-        gauge.set(now);
-    }
-    let query = forwarded_query(parts.uri.query(), auth.query_param.as_deref(), copies.query);
-    if logging {
-        record.target = target_for_log(&path, query.as_deref());
-    }
-    let route_index = snap.router.find(&path, &parts.method, host_name.as_deref()).map_err(plain)?;
-    record.route = snap.route_names.get(route_index).cloned();
-    if !client.may_call(route_index) {
-        return Err(plain(Reject::Forbidden));
-    }
+    // Taken out before the decision borrows the request; dropped if refused.
+    let upgrade =
+        forward::wants_websocket(&parts).then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
+    let mut query = None;
+    let identify = |p: &Parts| authenticate(p, snap, conn, now).map_err(|r| failed(shared, client_ip, r, auth));
+    let decided = decide(&parts, snap, identify, |step| match step {
+        Step::Head { path, .. } if logging => {
+            // The query may hold the key until it is known where the key came from.
+            record.target = path.to_string();
+            record.client_ip = conn.trusted.then_some(client_ip);
+            record.peer = (conn.trusted || conn.peer != conn.remote).then_some(conn.peer);
+        }
+        Step::Head { .. } => {}
+        Step::Identified { client, entry, copies } => {
+            record.client = Some(client.id.clone());
+            if logging {
+                // The fingerprint is for the log line only (metrics count by client).
+                record.key = snap.key_names.get(entry.index as usize).cloned();
+            }
+            if let Some(gauge) = snap.key_last_used.get().and_then(|g| g.get(entry.index as usize)) {
+                gauge.set(now);
+            }
+            let q = forwarded_query(parts.uri.query(), auth.query_param.as_deref(), copies.query);
+            if logging {
+                record.target = target_for_log(&record.target, q.as_deref());
+            }
+            query = Some(q);
+        }
+        Step::Route { index } => record.route = snap.route_names.get(index).cloned(),
+    });
+    let Decided { host, path, client, entry, copies, route: route_index } = decided.map_err(plain)?;
+    let query = query.flatten();
     let decision = client.limiter.check().await;
     if let Some(reject) = decision.reject() {
         shared.metrics.rate_limited.get_or_create(&crate::metrics::ClientLabels { client: client.id.clone() }).inc();
@@ -214,8 +217,6 @@ async fn run(
     check_length(&parts, route.max_body).map_err(with_limit)?;
     let upstream = snap.upstreams.get(route.upstream).ok_or(with_limit(Reject::BadGateway))?;
     record.upstream = Some(crate::metrics::Name(upstream.name.clone()));
-    let upgrade =
-        forward::wants_websocket(&parts).then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
     let tunnel = upgrade.map(|u| open_tunnel(u, &parts, shared, snap, conn, entry, route_index)).transpose();
     let tunnel = tunnel.map_err(with_limit)?;
     let pq = path_and_query(&parts, &path, query.as_deref()).map_err(with_limit)?;
@@ -233,6 +234,56 @@ async fn run(
     let mut response = response.map(|body| ResponseBody::upstream(body).holding(permit));
     respond::rate_limit_headers(response.headers_mut(), &decision);
     Ok(response)
+}
+
+/// One passed step of a request's decision, as `keygate explain` reports it.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// Framing, host and path are acceptable; `host` is the name routes match.
+    Head { host: Option<&'a str>, path: &'a str },
+    /// The credential names this client, by this key.
+    Identified { client: &'a ClientState, entry: KeyEntry, copies: auth::Copies },
+    /// This route matches path, method and host.
+    Route { index: usize },
+}
+
+/// What the steps before the rate limit decided.
+#[derive(Debug)]
+pub struct Decided<'p, 's> {
+    pub host: Option<HeaderValue>,
+    /// The normalised path: what was authorised, and what is forwarded.
+    pub path: Cow<'p, str>,
+    pub client: &'s ClientState,
+    pub entry: KeyEntry,
+    pub copies: auth::Copies,
+    pub route: usize,
+}
+
+/// The proxy's decision on a request head up to the rate limit: framing,
+/// host, path, credential and key (`identify`), route, permission. `note`
+/// hears each step that passed. The request path and `keygate explain` both
+/// run this, so they cannot disagree.
+pub fn decide<'p, 's>(
+    parts: &'p Parts,
+    snap: &'s Snapshot,
+    identify: impl FnOnce(&Parts) -> Result<(&'s ClientState, KeyEntry, auth::Copies), Reject>,
+    mut note: impl FnMut(Step<'_>),
+) -> Result<Decided<'p, 's>, Reject> {
+    let listen = &snap.config.listen;
+    framing::check_limits(&parts.headers, listen.max_header_bytes, listen.max_headers)?;
+    framing::check(&parts.headers)?;
+    let host = host::request_host(parts)?;
+    let host_name = host.as_ref().map(host::route_name).transpose()?;
+    let path = path::normalize(parts.uri.path()).map_err(|_| Reject::BadRequest)?;
+    note(Step::Head { host: host_name.as_deref(), path: &path });
+    let (client, entry, copies) = identify(parts)?;
+    note(Step::Identified { client, entry, copies });
+    let route = snap.router.find(&path, &parts.method, host_name.as_deref())?;
+    note(Step::Route { index: route });
+    if !client.may_call(route) {
+        return Err(Reject::Forbidden);
+    }
+    Ok(Decided { host, path, client, entry, copies, route })
 }
 
 /// A failed authentication: 401 and one failure counted, or 429 when the
@@ -292,7 +343,7 @@ fn count_failure(shared: &Shared, reason: &'static str) {
 
 /// The credential step, then identification: the client, its key, and the
 /// copies of the credential to strip before forwarding.
-fn authenticate<'s>(
+pub fn authenticate<'s>(
     parts: &Parts,
     snap: &'s Snapshot,
     conn: &ConnInfo,
