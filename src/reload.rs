@@ -88,15 +88,18 @@ pub fn watched_files(path: Option<&Path>, config: &crate::config::Config) -> Vec
 /// A watched folder and the names in it that matter.
 type Watched = Vec<(PathBuf, Vec<std::ffi::OsString>)>;
 
-/// The folder of each file (`.` for a bare name), with the file names in it.
+/// The folder of each file, absolute (the watcher reports absolute paths, so
+/// a relative `-c keygate.toml` would otherwise never match), with the file
+/// names in it.
 fn by_folder(files: &[PathBuf]) -> Watched {
     let mut out: Watched = Vec::new();
     for file in files {
         let (Some(name), folder) = (file.file_name(), file.parent()) else { continue };
         let folder = match folder {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
         };
+        let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
         match out.iter_mut().find(|(f, _)| *f == folder) {
             Some((_, names)) => names.push(name.to_os_string()),
             None => out.push((folder, vec![name.to_os_string()])),
@@ -116,7 +119,8 @@ fn concerns(changed: &Path, watched: &Watched) -> bool {
         return false;
     };
     let folder = if folder.as_os_str().is_empty() { Path::new(".") } else { folder };
-    watched.iter().any(|(f, names)| f == folder && (name == "..data" || names.iter().any(|n| n == name)))
+    let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
+    watched.iter().any(|(f, names)| *f == folder && (name == "..data" || names.iter().any(|n| n == name)))
 }
 
 /// Reload whenever one of `files` changes on disk. Watches their folders, so
@@ -185,7 +189,10 @@ mod tests {
     #[test]
     fn bare_names_are_in_the_current_folder() {
         let watched = by_folder(&[PathBuf::from("keygate.toml")]);
-        assert_eq!(watched, vec![(PathBuf::from("."), vec![std::ffi::OsString::from("keygate.toml")])]);
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(watched, vec![(cwd.clone(), vec![std::ffi::OsString::from("keygate.toml")])]);
         assert!(concerns(Path::new("./keygate.toml"), &watched));
+        // The watcher reports absolute paths: a relative -c must match them.
+        assert!(concerns(&cwd.join("keygate.toml"), &watched));
     }
 }

@@ -455,8 +455,8 @@ fn check_points_at_bad_failover_settings() {
             "not a duration",
         ),
         ("health_check = { path = \"healthz\" }", "\"healthz\"", "upstreams.main.health_check.path", "path"),
-        ("health_check = { healthy = 0 }", "0", "upstreams.main.health_check.healthy", "above zero"),
-        ("health_check = { unhealthy = -2 }", "-2", "upstreams.main.health_check.unhealthy", "above zero"),
+        ("health_check = { healthy = 0 }", "0", "upstreams.main.health_check.healthy", "from 1"),
+        ("health_check = { unhealthy = -2 }", "-2", "upstreams.main.health_check.unhealthy", "from 1"),
         ("health_check = { intervall = \"1s\" }", "intervall", "upstreams.main.health_check.intervall", "unknown"),
     ];
     let server: SocketAddr = "127.0.0.1:9".parse().expect("addr");
