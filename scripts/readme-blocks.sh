@@ -12,9 +12,9 @@
 # target directory ($CARGO_TARGET_DIR, else ./target), so the README's
 # `cargo build --release` reuses what is built. It is its own process group:
 # whatever the blocks start in the background is stopped at the end, and the
-# whole run is bounded by READMEBLOCKS_TIMEOUT (seconds, default 1200,
-# a release build included). Network: loopback only, the ports the README
-# names (checked free before the run).
+# whole run is bounded by READMEBLOCKS_TIMEOUT (seconds, default 900,
+# a release build included). The blocks that run talk to loopback only, on
+# the ports they name (checked free before the run).
 #
 #   scripts/readme-blocks.sh                  # README.md of this repository
 #   READMEBLOCKS_KEEP=1 scripts/readme-blocks.sh   # keep the scratch copy to look at
@@ -27,7 +27,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readme=$repo/README.md
-timeout_s=${READMEBLOCKS_TIMEOUT:-1200}
+timeout_s=${READMEBLOCKS_TIMEOUT:-900}
 
 say() { printf 'readme-blocks: %s\n' "$*" >&2; }
 
