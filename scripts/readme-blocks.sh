@@ -145,7 +145,6 @@ __readme_block() {
 trap 'printf "readme-blocks: README.md:%s: exit %s: %s\n" "$LINENO" "$?" "$BASH_COMMAND" >&2' ERR
 PRELUDE
 
-
 # ------------------------------------------------------------------ the run
 say "running $n_run blocks of README.md ($n_skipped skipped) in $scratch, at most ${timeout_s}s"
 state=$work/state
