@@ -92,11 +92,14 @@ fn add_to(file: &Path, client: &str, hash: &str, name: Option<&str>, retire_afte
     };
     let result = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))
-        .and_then(|text| edit_named(&text, client, hash, name, retire_at.as_deref()))
-        .and_then(|text| write_atomically(file, &text));
+        .and_then(|text| edit_retiring(&text, client, hash, name, retire_at.as_deref()))
+        .and_then(|(text, retired)| write_atomically(file, &text).map(|()| retired));
     match result {
-        Ok(()) => {
+        Ok(retired) => {
             println!("added to clients.{client} in {}", file.display());
+            for (key, at) in retired {
+                println!("retiring {key}: expires = \"{at}\"");
+            }
             OK
         }
         Err(e) => {
@@ -128,6 +131,19 @@ pub fn edit_named(
     name: Option<&str>,
     retire_at: Option<&str>,
 ) -> Result<String, String> {
+    edit_retiring(text, client, hash, name, retire_at).map(|(text, _)| text)
+}
+
+/// [`edit_named`], also saying which older keys were given which `expires`
+/// (each by its name, or its hash's first 12 hex digits, or its variable).
+pub fn edit_retiring(
+    text: &str,
+    client: &str,
+    hash: &str,
+    name: Option<&str>,
+    retire_at: Option<&str>,
+) -> Result<(String, Vec<(String, String)>), String> {
+    let mut retired = Vec::new();
     let mut doc: DocumentMut = text.parse().map_err(|e| format!("not valid TOML: {e}"))?;
     let table = doc
         .get_mut("clients")
@@ -145,6 +161,7 @@ pub fn edit_named(
         for old in keys.iter_mut().filter_map(Value::as_inline_table_mut) {
             let later = old.get("expires").and_then(Value::as_str).is_none_or(|e| later_than(e, at));
             if later {
+                retired.push((describe(old), at.to_string()));
                 old.insert("expires", at.into());
                 old.fmt();
             }
@@ -156,7 +173,23 @@ pub fn edit_named(
         entry.insert("name", name.into());
     }
     push_on_own_line(keys, entry);
-    Ok(doc.to_string())
+    Ok((doc.to_string(), retired))
+}
+
+/// An existing key as the operator knows it; never more of a hash than a
+/// fingerprint (and a hash field holding a pasted plain key shows nothing).
+fn describe(key: &InlineTable) -> String {
+    let text = |field: &str| key.get(field).and_then(Value::as_str).map(str::to_owned);
+    if let Some(name) = text("name") {
+        return format!("key \"{name}\"");
+    }
+    if let Some(var) = text("env") {
+        return format!("key from ${var}");
+    }
+    match text("hash").and_then(|h| h.strip_prefix("sha256:").and_then(|hex| hex.get(..12)).map(str::to_owned)) {
+        Some(prefix) if prefix.bytes().all(|b| b.is_ascii_hexdigit()) => format!("key sha256:{prefix}…"),
+        _ => "a key".into(),
+    }
 }
 
 /// Append `entry`; in an array written one key per line, on a line of its
@@ -250,6 +283,16 @@ mod tests {
         assert_eq!(first.get("expires").and_then(Value::as_str), Some("2030-01-01T00:00:00Z"));
         let second = keys.get(1).unwrap().as_inline_table().unwrap();
         assert!(second.get("expires").is_none());
+    }
+
+    #[test]
+    fn retiring_says_which_keys_got_which_expiry() {
+        let file = "[clients.billing]\nroutes = [\"*\"]\nkeys = [\n  { hash = \"sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\" },\n  { env = \"OLD_KEY\" },\n  { hash = \"sha256:00\", name = \"2026-11\" },\n]\n";
+        let at = "2030-01-01T00:00:00Z";
+        let (_, retired) = edit_retiring(file, "billing", "sha256:bb", None, Some(at)).unwrap();
+        let keys: Vec<&str> = retired.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["key sha256:0123456789ab…", "key from $OLD_KEY", "key \"2026-11\""]);
+        assert!(retired.iter().all(|(_, when)| when == at));
     }
 
     #[test]
