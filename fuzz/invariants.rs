@@ -213,7 +213,9 @@ pub fn check_config(data: &[u8]) {
     let path = Path::new("/nonexistent-keygate-fuzz/keygate.toml");
     match keygate::config::load_str(&text, path, &env) {
         Ok(config) => {
-            let _ = keygate::app::summary(&config);
+            let summary = keygate::app::summary::Summary::of(&config);
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 8080));
+            let _ = (summary.text(addr, None), summary.json(addr, Some(addr)));
         }
         Err(e) => {
             let _ = e.to_string();

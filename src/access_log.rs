@@ -45,10 +45,8 @@ impl std::fmt::Display for ClientAddr<'_> {
     }
 }
 
-const NONE: &str = "-";
-
-fn name(n: &Option<Name>) -> &str {
-    n.as_ref().map_or(NONE, |n| &n.0)
+fn name(n: &Option<Name>) -> Option<&str> {
+    n.as_ref().map(|n| &*n.0)
 }
 
 /// Whether access-log events are wanted: when not, the request path skips
@@ -61,9 +59,11 @@ impl Record {
     /// Log the request and count it.
     pub fn finish(self: Box<Self>) {
         let elapsed = self.start.elapsed();
+        // Fields that do not apply (no client identified, no route matched,
+        // no error) are left out, not written as a placeholder.
         tracing::info!(
             target: "keygate::access",
-            request_id = self.request_id.to_str().unwrap_or(NONE),
+            request_id = self.request_id.to_str().ok(),
             remote = %ClientAddr(&self),
             peer = self.peer.map(tracing::field::display),
             client = name(&self.client),
@@ -73,8 +73,8 @@ impl Record {
             route = name(&self.route),
             upstream = name(&self.upstream),
             status = self.status,
-            error = self.error.unwrap_or(NONE),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            error = self.error,
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             bytes = self.bytes,
         );
         self.count(elapsed.as_secs_f64());

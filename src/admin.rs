@@ -64,9 +64,10 @@ async fn answer(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
             }
         }
         "/metrics" => {
-            let mut r = text(StatusCode::OK, shared.metrics.encode());
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let (body, content_type) = shared.metrics.exposition(accept);
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             r
         }
         "/upstreams" => upstreams(&shared),

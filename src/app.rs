@@ -17,6 +17,8 @@ use crate::config::Config;
 use crate::state::{Shared, Snapshot};
 use crate::{admin, reload, server};
 
+pub mod summary;
+
 /// A running keygate: its bound addresses and a way to stop it.
 #[derive(Debug)]
 pub struct Handle {
@@ -129,7 +131,7 @@ async fn health_checks(shared: Arc<Shared>, stop: impl std::future::Future<Outpu
 /// Run until SIGTERM or SIGINT: print the summary, reload on SIGHUP and on
 /// file changes, drain on the first stop signal, exit at once on the second.
 pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
-    let summary = summary(&config);
+    let summary = summary::Summary::of(&config);
     let watched = reload::watched_files(path.as_deref(), &config);
     let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
     let mut signals = Signals::new()?;
@@ -143,12 +145,10 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
                 .context("cannot watch the configuration and certificate files")?,
         ),
     };
-    println!(
-        "{}",
-        summary
-            .replace("{addr}", &handle.addr.to_string())
-            .replace("{admin}", &handle.admin.map_or("off".into(), |a| a.to_string()))
-    );
+    match crate::telemetry::json() {
+        true => println!("{}", summary.json(handle.addr, handle.admin)),
+        false => println!("{}", summary.text(handle.addr, handle.admin)),
+    }
     for w in &warnings {
         tracing::warn!(target: "keygate::audit", warning = %w, "configuration warning");
     }
@@ -207,33 +207,5 @@ async fn stop(term: &mut Signal, int: &mut Signal) -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
-    }
-}
-
-/// The one-screen startup summary; `{addr}` and `{admin}` are filled in once bound.
-pub fn summary(config: &Config) -> String {
-    let scheme = if config.listen.tls.is_some() { "https" } else { "http" };
-    let mut s = format!("keygate {}\n", env!("CARGO_PKG_VERSION"));
-    s += &format!("  listening on {scheme}://{{addr}}\n");
-    s += &format!("  tls:        {}\n", tls_line(config));
-    s += "  admin:      {admin}\n";
-    s += &format!(
-        "  config:     {}\n",
-        config.source.as_ref().map_or("environment only".into(), |p| p.display().to_string())
-    );
-    s += &format!("  {}", config.counts());
-    for w in &config.warnings {
-        s += &format!("\n  warning: {w}");
-    }
-    s
-}
-
-fn tls_line(config: &Config) -> String {
-    match &config.listen.tls {
-        None => "off (plain HTTP)".into(),
-        Some(t) if t.client_ca.is_some() => {
-            format!("on, client certificates required ({})", t.cert.display())
-        }
-        Some(t) => format!("on ({})", t.cert.display()),
     }
 }

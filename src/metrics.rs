@@ -191,15 +191,30 @@ impl Metrics {
             m.upstream_ejections.clone(),
         );
         m.limiter.register(&mut registry);
+        let build = Family::<BuildLabels, Gauge<i64, AtomicI64>>::default();
+        build.get_or_create(&BuildLabels::default()).set(1);
+        registry.register("build_info", "The keygate version and commit running (always 1)", build);
         Metrics { registry, ..m }
     }
 
-    /// The text exposition format.
+    /// The OpenMetrics text format, the `process_*` metrics included.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        process::encode(&process::read(), &mut out);
+        out.push_str("# EOF\n");
         out
+    }
+
+    /// The body and content type for a scraper's `Accept` header: OpenMetrics
+    /// when it asks for it, else the classic Prometheus text format.
+    pub fn exposition(&self, accept: Option<&str>) -> (String, &'static str) {
+        let openmetrics = self.encode();
+        match accept.is_some_and(classic::wants_openmetrics) {
+            true => (openmetrics, classic::OPENMETRICS),
+            false => (classic::from_openmetrics(&openmetrics), classic::CLASSIC),
+        }
     }
 
     /// Export the failed-authentication throttle's table size and evictions.
@@ -283,3 +298,19 @@ impl LimiterMetrics {
         );
     }
 }
+
+/// Labels of `keygate_build_info`: the version and the commit built from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub commit: &'static str,
+}
+
+impl Default for BuildLabels {
+    fn default() -> Self {
+        BuildLabels { version: env!("CARGO_PKG_VERSION"), commit: env!("KEYGATE_COMMIT") }
+    }
+}
+
+pub mod classic;
+pub mod process;

@@ -12,6 +12,7 @@ pub mod in_flight;
 pub mod path;
 pub mod respond;
 pub mod route;
+pub mod strip;
 pub mod throttle;
 pub mod tunnel;
 
@@ -219,7 +220,8 @@ async fn run(
     record.upstream = Some(crate::metrics::Name(upstream.name.clone()));
     let tunnel = upgrade.map(|u| open_tunnel(u, &parts, shared, snap, conn, entry, route_index)).transpose();
     let tunnel = tunnel.map_err(with_limit)?;
-    let pq = path_and_query(&parts, &path, query.as_deref()).map_err(with_limit)?;
+    let forwarded = strip::strip_segments(&path, route.strip_segments);
+    let pq = path_and_query(&parts, forwarded, query.as_deref()).map_err(with_limit)?;
     parts.uri = forward::upstream_uri(pq);
     let credential = snap.key_header_values.get(entry.index as usize);
     let caller = Caller { client, credential, copies };

@@ -12,11 +12,15 @@ pub fn init() {
     {
         filter = filter.add_directive(quiet);
     }
-    let json = std::env::var("KEYGATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json {
+    let _ = if json() {
         builder.json().flatten_event(true).with_current_span(false).try_init()
     } else {
         builder.with_ansi(false).try_init()
     };
+}
+
+/// Whether `KEYGATE_LOG_FORMAT=json`: the logs and the start-up summary are JSON.
+pub fn json() -> bool {
+    std::env::var("KEYGATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"))
 }

@@ -52,7 +52,10 @@ async fn json_access_line_has_every_field_and_no_key() {
     assert_eq!(v["route"], "all");
     assert_eq!(v["upstream"], "main");
     assert_eq!(v["status"], 200);
-    assert!(v["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{v}");
+    assert!(v["duration_us"].is_u64(), "an integer number of microseconds: {v}");
+    for absent in ["error", "peer", "duration_ms"] {
+        assert!(v.get(absent).is_none(), "{absent} is left out: {v}");
+    }
     assert_eq!(v["bytes"].as_u64(), Some(r.body.len() as u64));
     assert!(!p.output().contains(KEY), "the key was logged");
 }
@@ -65,7 +68,9 @@ async fn pretty_access_line_for_a_refused_request() {
     assert_eq!(r.status, 401);
     let line = access_line(&p, "log-test-2");
     assert!(line.contains("status=401") && line.contains("error=\"invalid_api_key\""), "{line}");
-    assert!(line.contains("client=\"-\""), "{line}");
+    for absent in ["client=", "key=", "route=", "upstream=", "\"-\""] {
+        assert!(!line.contains(absent), "{absent} is left out: {line}");
+    }
     assert!(!p.output().contains("not-a-key-9d1f"), "a presented key was logged");
 }
 
@@ -80,4 +85,30 @@ async fn key_parameters_in_any_spelling_reach_neither_the_log_nor_the_upstream()
     assert_eq!(v["path"], "/orders?page=2");
     assert_eq!(up.last().uri, "/orders?page=2");
     assert!(!p.output().contains(KEY), "the key was logged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_mode_prints_the_start_up_summary_as_one_json_event() {
+    let (_up, p, dir) = start("json").await;
+    let url = format!("http://{}/orders", p.addr);
+    let r = get(&url, &[("x-request-id", "log-test-4"), ("x-api-key", "not-a-key-3b7a")]).await;
+    assert_eq!(r.status, 401);
+    let line = access_line(&p, "log-test-4");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["error"], "invalid_api_key");
+    for absent in ["client", "key", "route", "upstream"] {
+        assert!(v.get(absent).is_none(), "{absent} is left out: {v}");
+    }
+    let stdout = p.stdout.lock().expect("lock").clone();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stdout: {stdout}");
+    let s: serde_json::Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    assert_eq!(s["target"], "keygate::startup");
+    assert_eq!(s["level"], "INFO");
+    assert_eq!(s["listen"], format!("http://{}", p.addr));
+    assert!(s["admin"].is_null(), "no admin listener: {s}");
+    assert_eq!(s["tls"], "off (plain HTTP)");
+    assert_eq!(s["config"], dir.path().join("keygate.toml").display().to_string());
+    assert_eq!((s["clients"].as_u64(), s["keys"].as_u64()), (Some(1), Some(1)));
+    assert_eq!((s["routes"].as_u64(), s["upstreams"].as_u64()), (Some(1), Some(1)));
 }

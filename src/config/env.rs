@@ -141,6 +141,7 @@ fn upstream(c: &mut Checker<'_>, config: &mut Config, env: &Env) {
         host: None,
         max_body: None,
         request_headers: super::HeaderRules::default(),
+        strip_segments: 0,
     });
 }
 

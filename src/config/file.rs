@@ -127,6 +127,8 @@ pub struct RouteToml {
     pub host: Option<Str>,
     pub max_body: Option<Str>,
     pub request_headers: Option<HeaderRulesToml>,
+    /// Forward the path without the route's prefix.
+    pub strip_prefix: Option<Spanned<bool>>,
 }
 
 /// `[request_headers]`, or a route's `request_headers`: headers removed and set.

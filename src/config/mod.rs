@@ -195,6 +195,9 @@ pub struct Route {
     pub max_body: Option<u64>,
     /// `[request_headers]` and the route's own rules, merged.
     pub request_headers: HeaderRules,
+    /// Path segments removed before forwarding (`strip_prefix = true`: those
+    /// of [`Route::path`]); 0 forwards the path as asked.
+    pub strip_segments: usize,
 }
 
 /// Rules for the headers of forwarded requests: applied after keygate's own

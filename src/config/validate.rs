@@ -363,17 +363,33 @@ fn routes(c: &mut Checker<'_>, t: &[file::RouteToml], upstreams: &[Upstream]) ->
                 suggest::with_hint(message, r.upstream.get_ref(), names),
             );
         }
+        let path = route_path(c, &r.path, &field);
+        let strip_segments = strip_segments(c, r.strip_prefix.as_ref(), &path, &field);
         out.push(Route {
             name: name.clone(),
-            path: route_path(c, &r.path, &field),
+            path,
             methods: r.methods.as_ref().map(|m| methods(c, m, &field)),
             upstream: upstream.unwrap_or(0),
             host: r.host.as_ref().map(|h| route_host(c, h, &field)),
             max_body: r.max_body.as_ref().and_then(|m| size(c, m, &format!("{field}.max_body"))),
             request_headers: super::HeaderRules::default(),
+            strip_segments,
         });
     }
     out
+}
+
+/// `strip_prefix = true`: the number of segments of the route's `path`
+/// (a root route has none to strip: an error, it would change nothing).
+fn strip_segments(c: &mut Checker<'_>, strip: Option<&Spanned<bool>>, path: &str, field: &str) -> usize {
+    let Some(strip) = strip.filter(|s| *s.get_ref()) else {
+        return 0;
+    };
+    let segments = path.split('/').filter(|s| !s.is_empty()).count();
+    if segments == 0 {
+        c.error(strip.span(), &format!("{field}.strip_prefix"), "the root route \"/\" has no prefix to strip");
+    }
+    segments
 }
 
 fn route_host(c: &mut Checker<'_>, h: &Str, field: &str) -> String {

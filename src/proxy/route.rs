@@ -203,6 +203,7 @@ mod tests {
             host: host.map(str::to_string),
             max_body: None,
             request_headers: Default::default(),
+            strip_segments: 0,
         }
     }
 

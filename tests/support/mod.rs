@@ -243,12 +243,25 @@ fn pump(stream: Option<impl std::io::Read + Send + 'static>, sink: Arc<Mutex<Str
             if let (Some(rest), Some(tx), Some(a)) = (line.trim().strip_prefix("admin:"), ready.as_ref(), addr) {
                 let _ = tx.send((a, rest.trim().parse().ok()));
             }
+            if let (Some((a, admin)), Some(tx)) = (json_summary(&line), ready.as_ref()) {
+                let _ = tx.send((a, admin));
+            }
             if let Ok(mut s) = sink.lock() {
                 s.push_str(&line);
                 s.push('\n');
             }
         }
     });
+}
+
+/// The addresses in the JSON start-up summary (`KEYGATE_LOG_FORMAT=json`).
+fn json_summary(line: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    if v["target"] != "keygate::startup" {
+        return None;
+    }
+    let addr = v["listen"].as_str()?.split("://").nth(1)?.parse().ok()?;
+    Some((addr, v["admin"].as_str().and_then(|a| a.parse().ok())))
 }
 
 /// Read one response head and its `Content-Length` body from a kept-alive connection.
