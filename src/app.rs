@@ -1,6 +1,7 @@
 //! Wiring: bind the listeners, build the shared state, and run the signal,
 //! reload and housekeeping tasks around them.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -145,10 +146,13 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
                 .context("cannot watch the configuration and certificate files")?,
         ),
     };
-    match crate::telemetry::json() {
-        true => println!("{}", summary.json(handle.addr, handle.admin)),
-        false => println!("{}", summary.text(handle.addr, handle.admin)),
-    }
+    let text = match crate::telemetry::json() {
+        true => summary.json(handle.addr, handle.admin),
+        false => summary.text(handle.addr, handle.admin),
+    };
+    // Not println!: it panics when stdout is a closed pipe (`keygate serve | head -1`),
+    // and a proxy must keep serving whoever stopped reading its summary.
+    let _ = writeln!(std::io::stdout(), "{text}");
     for w in &warnings {
         tracing::warn!(target: "keygate::audit", warning = %w, "configuration warning");
     }

@@ -56,3 +56,40 @@ fn a_configuration_without_clients_is_a_warning() {
     assert!(out.contains("warning: clients: no client is defined"), "{out}");
     assert!(out.contains("ok (0 clients, 0 keys, 1 route, 1 upstream)"), "{out}");
 }
+
+/// `keygate serve | head -1`: whoever reads the summary may stop reading;
+/// the proxy must go on serving, not die of a broken pipe.
+#[test]
+fn serve_keeps_serving_when_its_stdout_is_closed() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("serve")
+        .env_clear()
+        .env("KEYGATE_LISTEN", &listen)
+        .env("KEYGATE_UPSTREAM", "http://127.0.0.1:9")
+        .env("KEYGATE_KEY_BILLING", "newcomer-key-0123456789abcdef0123456789")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn keygate");
+    drop(child.stdout.take());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        if let Ok(mut tcp) = std::net::TcpStream::connect(&listen) {
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+            let mut out = String::new();
+            let _ = tcp.read_to_string(&mut out);
+            break out;
+        }
+        let exited = child.try_wait().expect("try_wait");
+        assert!(exited.is_none() && Instant::now() < deadline, "keygate did not serve: exited {exited:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}
