@@ -16,7 +16,7 @@ if ((${#need[@]})); then
         echo "test.sh: please install: ${need[*]}" >&2
         exit 1
     fi
-    apt-get update -qq && apt-get install -y -qq "${need[@]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
 cargo fmt --check
