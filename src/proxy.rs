@@ -172,18 +172,21 @@ async fn run(
     let listen = &snap.config.listen;
     let auth = &snap.config.auth;
     let logging = crate::access_log::enabled();
-    let client_ip = conn.client_ip(&parts.headers, listen);
     let now = crate::keys::unix_now();
     // Taken out before the decision borrows the request; dropped if refused.
     let upgrade =
         forward::wants_websocket(&parts).then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
     let mut query = None;
-    let identify = |p: &Parts| authenticate(p, snap, conn, now).map_err(|r| failed(shared, client_ip, r, auth));
+    // The client address (behind a trusted proxy, read from `X-Forwarded-For`)
+    // is wanted only by a failure's throttle and by the access log.
+    let identify = |p: &Parts| {
+        authenticate(p, snap, conn, now).map_err(|r| failed(shared, conn.client_ip(&p.headers, listen), r, auth))
+    };
     let decided = decide(&parts, snap, identify, |step| match step {
         Step::Head { path, .. } if logging => {
             // The query may hold the key until it is known where the key came from.
             record.target = path.to_string();
-            record.client_ip = conn.trusted.then_some(client_ip);
+            record.client_ip = conn.trusted.then(|| conn.client_ip(&parts.headers, listen));
             record.peer = (conn.trusted || conn.peer != conn.remote).then_some(conn.peer);
         }
         Step::Head { .. } => {}

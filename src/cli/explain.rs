@@ -139,7 +139,7 @@ pub fn explain(snap: &Snapshot, parts: &Parts, caller: Caller<'_>) -> Report {
         Ok(decided) => {
             let route = snap.router.get(decided.route);
             let upstream = route.and_then(|r| snap.upstreams.get(r.upstream));
-            let (per_second, burst) = (decided.client.limiter.rate().per_second, decided.client.limiter.rate().burst);
+            let crate::config::Rate { per_second, burst } = decided.client.limiter.rate();
             lines.push(format!("permission  allowed: {} may call this route", decided.client.id.0));
             lines.push(format!(
                 "forward     {} {} to upstream {} (rate {per_second}/s, burst {burst}, not spent by explain)",
