@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use http::{HeaderValue, Method};
 
-use crate::metrics::{Metrics, Name, RequestLabels};
+use crate::metrics::{GrpcLabels, Metrics, Name, RequestLabels};
 
 /// Everything known about one request, finished by [`Record::finish`].
 #[derive(Debug)]
@@ -31,6 +31,10 @@ pub struct Record {
     pub client_ip: Option<std::net::IpAddr>,
     /// The TCP peer, when the client address came from a proxy.
     pub peer: Option<SocketAddr>,
+    /// A gRPC call (`content-type: application/grpc*`), and its `grpc-status`
+    /// once the response head or trailers carried one.
+    pub grpc: bool,
+    pub grpc_status: Option<&'static str>,
 }
 
 /// The client address as logged: the one a trusted proxy named, else the connection's.
@@ -83,6 +87,12 @@ impl Record {
     /// The labels take the record's names: it ends here.
     fn count(mut self: Box<Self>, seconds: f64) {
         let m = &self.metrics;
+        if self.grpc {
+            let client = self.client.clone().unwrap_or_else(|| m.none.clone());
+            let route = self.route.clone().unwrap_or_else(|| m.none.clone());
+            let labels = GrpcLabels { client, route, grpc_status: self.grpc_status.unwrap_or("-") };
+            m.grpc_requests.get_or_create(&labels).inc();
+        }
         let labels = RequestLabels {
             client: self.client.take().unwrap_or_else(|| m.none.clone()),
             route: self.route.take().unwrap_or_else(|| m.none.clone()),

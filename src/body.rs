@@ -132,6 +132,13 @@ impl ResponseBody {
         self
     }
 
+    /// A gRPC call's status arrives in the upstream's trailers.
+    fn grpc_status(&mut self, trailers: Option<&http::HeaderMap>) {
+        if let (Some(r), Some(t)) = (self.record.as_mut().filter(|r| r.grpc), trailers) {
+            r.grpc_status = crate::proxy::grpc::status(t).or(r.grpc_status);
+        }
+    }
+
     fn count(&mut self, n: usize) {
         if let Some(r) = self.record.as_mut() {
             r.bytes += n as u64;
@@ -159,6 +166,9 @@ impl Body for ResponseBody {
         };
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(|f| f.data_ref().map_or(0, Bytes::len))) {
             this.count(data);
+        }
+        if let Some(Ok(trailers)) = frame.as_ref().map(|f| f.as_ref().map(Frame::trailers_ref)) {
+            this.grpc_status(trailers);
         }
         if frame.is_none() {
             // Ended: the slots are free before hyper drops the body.

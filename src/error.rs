@@ -77,6 +77,30 @@ impl Reject {
         }
     }
 
+    /// The gRPC status code of this rejection, for callers speaking gRPC
+    /// (`application/grpc*`): the same decision as `parts`, rendered for them.
+    pub fn grpc_status(self) -> u8 {
+        use Reject::*;
+        // The codes of grpc/grpc doc/statuscodes.md.
+        const INTERNAL: u8 = 13;
+        const UNAVAILABLE: u8 = 14;
+        const UNAUTHENTICATED: u8 = 16;
+        const PERMISSION_DENIED: u8 = 7;
+        const UNIMPLEMENTED: u8 = 12;
+        const RESOURCE_EXHAUSTED: u8 = 8;
+        const DEADLINE_EXCEEDED: u8 = 4;
+        match self {
+            MissingKey | InvalidKey => UNAUTHENTICATED,
+            Forbidden => PERMISSION_DENIED,
+            NoRoute | MethodNotAllowed { .. } => UNIMPLEMENTED,
+            RateLimited { .. } | TooManyFailures { .. } | QuotaExceeded { .. } | TooManyTunnels => RESOURCE_EXHAUSTED,
+            PayloadTooLarge => RESOURCE_EXHAUSTED,
+            BadRequest | HeadersTooLarge => INTERNAL,
+            RequestTimeout | GatewayTimeout => DEADLINE_EXCEEDED,
+            BadGateway | Overloaded | LimiterUnavailable => UNAVAILABLE,
+        }
+    }
+
     /// Seconds to put in `Retry-After`, if any.
     pub fn retry_after(self) -> Option<u64> {
         match self {

@@ -97,6 +97,20 @@ pub struct Metrics {
     pub upstream_ejections: Family<EjectionLabels, Counter>,
     /// The shared limiter store (Redis).
     pub limiter: LimiterMetrics,
+    /// gRPC calls by client, route and `grpc-status`.
+    pub grpc_requests: Family<GrpcLabels, Counter>,
+    /// HTTP/2 connections open to each upstream server, and streams on them.
+    pub upstream_connections: Family<ServerLabels, Gauge<i64, AtomicI64>>,
+    pub upstream_streams: Family<ServerLabels, Gauge<i64, AtomicI64>>,
+}
+
+/// Labels of a finished gRPC call: `grpc_status` is `-` when the response
+/// ended without one (a broken stream).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub client: Name,
+    pub route: Name,
+    pub grpc_status: &'static str,
 }
 
 /// Holds a gauge one higher for as long as it lives.
@@ -152,6 +166,9 @@ impl Metrics {
             none: Name::new("-"),
             upstream_server_up: Family::default(),
             upstream_ejections: Family::default(),
+            grpc_requests: Family::default(),
+            upstream_connections: Family::default(),
+            upstream_streams: Family::default(),
         };
         registry.register("requests", "Requests by client, route and status", m.requests.clone());
         registry.register(
@@ -191,6 +208,13 @@ impl Metrics {
             m.upstream_ejections.clone(),
         );
         m.limiter.register(&mut registry);
+        registry.register("grpc_requests", "gRPC calls by client, route and grpc-status", m.grpc_requests.clone());
+        registry.register(
+            "upstream_connections",
+            "HTTP/2 connections open to an upstream server",
+            m.upstream_connections.clone(),
+        );
+        registry.register("upstream_streams", "HTTP/2 streams open to an upstream server", m.upstream_streams.clone());
         let build = Family::<BuildLabels, Gauge<i64, AtomicI64>>::default();
         build.get_or_create(&BuildLabels::default()).set(1);
         registry.register("build_info", "The keygate version and commit running (always 1)", build);

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client_addr;
 pub mod forward;
 pub mod framing;
+pub mod grpc;
 pub mod headers;
 pub mod host;
 pub mod in_flight;
@@ -116,6 +117,7 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let snap = shared.snapshot.load_full();
     let (parts, body) = req.into_parts();
+    let is_grpc = grpc::is_grpc(&parts.headers);
     let mut record = Box::new(Record {
         metrics: shared.metrics.clone(),
         start: Instant::now(),
@@ -132,11 +134,16 @@ pub async fn handle(
         bytes: 0,
         client_ip: None,
         peer: None,
+        grpc: is_grpc,
+        grpc_status: None,
     });
     let response = match run(parts, body, &conn, &shared, &snap, &mut record).await {
         Ok(response) => response,
         Err((reject, limit)) => {
             record.error = Some(reject.code());
+            if is_grpc {
+                return Ok(finish(grpc::reject(reject, limit.as_ref()), record));
+            }
             let mut response = respond::reject(reject, &record.request_id, limit.as_ref(), &snap.config.auth);
             respond::allow(&mut response, reject, &snap.router);
             response
@@ -147,6 +154,9 @@ pub async fn handle(
 
 fn finish(mut response: Response<ResponseBody>, mut record: Box<Record>) -> Response<ResponseBody> {
     record.status = response.status().as_u16();
+    if record.grpc {
+        record.grpc_status = grpc::status(response.headers());
+    }
     response.headers_mut().insert(headers::REQUEST_ID, record.request_id.clone());
     response.map(|body| body.with_record(record))
 }
@@ -228,9 +238,10 @@ async fn run(
     parts.uri = forward::upstream_uri(pq);
     let credential = snap.key_header_values.get(entry.index as usize);
     let caller = Caller { client, credential, copies };
+    let trailers = grpc::asks_trailers(&parts.headers);
     prepare_headers(&mut parts, snap, &caller, route, conn, host.as_ref(), &record.request_id);
     let body = RequestBody::new(body, route.max_body, snap.config.listen.body_timeout);
-    let response = forward::send(upstream, parts, body, tunnel).await.map_err(|f| {
+    let response = forward::send(upstream, parts, body, tunnel, trailers).await.map_err(|f| {
         let labels = crate::metrics::UpstreamLabels { upstream: crate::metrics::Name(upstream.name.clone()), kind: f.kind() };
         shared.metrics.upstream_errors.get_or_create(&labels).inc();
         tracing::warn!(request_id = ?record.request_id, upstream = %upstream.name, kind = f.kind(), "upstream request failed");

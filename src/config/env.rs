@@ -132,6 +132,7 @@ fn upstream(c: &mut Checker<'_>, config: &mut Config, env: &Env) {
         request_timeout: Duration::from_secs(30),
         ca: None,
         health: super::HealthPolicy::default(),
+        protocol: super::Protocol::Http1,
     });
     config.routes.push(Route {
         name: "default".into(),

@@ -107,6 +107,7 @@ pub struct UpstreamToml {
     pub max_fails: Option<Spanned<i64>>,
     pub fail_timeout: Option<Str>,
     pub health_check: Option<Spanned<HealthCheckToml>>,
+    pub protocol: Option<Str>,
 }
 
 /// `[upstreams.<name>.tls]`.

@@ -137,6 +137,18 @@ pub struct Upstream {
     pub ca: Option<PathBuf>,
     /// How servers are chosen, skipped when failing, and checked.
     pub health: HealthPolicy,
+    /// The protocol spoken to the servers.
+    pub protocol: Protocol,
+}
+
+/// The protocol keygate speaks to an upstream's servers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (`https://`: ALPN `http/1.1`).
+    #[default]
+    Http1,
+    /// HTTP/2: with prior knowledge (h2c) for `http://`, ALPN `h2` for `https://`.
+    Http2,
 }
 
 /// How an upstream chooses servers and keeps failing ones out.

@@ -13,7 +13,7 @@ use toml::Spanned;
 use super::error::{Origin, Problem, Source};
 use super::file::{self, FileConfig, Str};
 use super::{env, suggest, Client, Config, ConfigError, Env, Grants, Key, Listen, Rate, Route};
-use super::{HealthCheck, HealthPolicy, KeyOrigin, Strategy, TlsFiles, Upstream};
+use super::{HealthCheck, HealthPolicy, KeyOrigin, Protocol, Strategy, TlsFiles, Upstream};
 use crate::keys;
 
 /// Collects problems while validating.
@@ -304,6 +304,7 @@ fn upstreams(c: &mut Checker<'_>, t: &BTreeMap<String, file::UpstreamToml>) -> V
                 request_timeout: timeout(c, &u.request_timeout, "request_timeout", 30),
                 ca: u.tls.as_ref().and_then(|t| t.ca.as_ref()).map(|ca| readable(c, ca, &format!("{field}.tls.ca"))),
                 health: health_policy(c, u, &field),
+                protocol: protocol(c, u.protocol.as_ref(), &field),
             }
         })
         .collect()
@@ -783,6 +784,20 @@ fn health_check(c: &mut Checker<'_>, h: &Spanned<file::HealthCheckToml>, field: 
     let healthy = threshold(c, &t.healthy, "healthy", 2);
     let unhealthy = threshold(c, &t.unhealthy, "unhealthy", 3);
     HealthCheck { path, interval, timeout, healthy, unhealthy }
+}
+
+/// `protocol` of an upstream: "http1" (the default) or "http2".
+fn protocol(c: &mut Checker<'_>, v: Option<&Str>, field: &str) -> Protocol {
+    let Some(v) = v else { return Protocol::Http1 };
+    match v.get_ref().as_str() {
+        "http1" => Protocol::Http1,
+        "http2" => Protocol::Http2,
+        other => {
+            let msg = format!("\"{other}\" is not a protocol: use \"http1\" or \"http2\"");
+            c.error(v.span(), &format!("{field}.protocol"), msg);
+            Protocol::Http1
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 
-use super::headers;
 use super::tunnel::Tunnel;
+use super::{grpc, headers};
 use crate::body::{BodyError, RequestBody};
 use crate::error::Reject;
 use crate::upstream::failover::body_error;
@@ -63,12 +63,16 @@ pub fn wants_websocket(parts: &Parts) -> bool {
             .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
-/// Send `parts` + `body` to `upstream` and wait for the response head.
+/// Send `parts` + `body` to `upstream` and wait for the response head, for
+/// at most the upstream's `request_timeout` or the call's `grpc-timeout`,
+/// whichever is lower; the body then streams without a deadline. `trailers`:
+/// the caller sent `te: trailers`, kept towards HTTP/2 upstreams.
 pub async fn send(
     upstream: &Upstream,
     mut parts: Parts,
     body: RequestBody,
     tunnel: Option<Tunnel>,
+    trailers: bool,
 ) -> Result<Response<PooledBody>, Failure> {
     // The answer goes out in the caller's protocol, whatever the server spoke
     // (an HTTP/1.0 server must not cost an HTTP/1.1 caller its keep-alive).
@@ -78,8 +82,12 @@ pub async fn send(
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
+    if trailers && upstream.http2 {
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let limit = grpc::timeout(&parts.headers).map_or(upstream.request_timeout, |t| t.min(upstream.request_timeout));
     let request = Request::from_parts(parts, body);
-    let sent = tokio::time::timeout(upstream.request_timeout, upstream.send(request)).await;
+    let sent = tokio::time::timeout(limit, upstream.send(request)).await;
     let mut response = match sent {
         Err(_) => return Err(Failure::Timeout),
         Ok(Err(e)) => return Err(classify(&e)),

@@ -10,7 +10,7 @@ use http::Request;
 use http_body_util::Empty;
 use tokio::time::MissedTickBehavior;
 
-use super::{pool, Server, Upstream};
+use super::{http2, pool, Server, Upstream};
 use crate::config::HealthCheck;
 
 /// Check every server of `upstream` each interval, for ever (abort the task to stop).
@@ -37,6 +37,9 @@ pub async fn run(upstream: Arc<Upstream>) {
 
 /// One check: whether `server` answers `check.path` with a 2xx in time.
 pub async fn probe(server: &Server, check: &HealthCheck) -> bool {
+    if server.http2.is_some() {
+        return matches!(tokio::time::timeout(check.timeout, probe_http2(server, check)).await, Ok(Some(true)));
+    }
     let once = async {
         let mut sender = pool::connect::<Empty<Bytes>>(server.pool.target()).await.ok()?;
         let mut req = Request::get(check.path.clone()).body(Empty::new()).ok()?;
@@ -48,4 +51,19 @@ pub async fn probe(server: &Server, check: &HealthCheck) -> bool {
         Some(response.status().is_success())
     };
     matches!(tokio::time::timeout(check.timeout, once).await, Ok(Some(true)))
+}
+
+/// The same check over HTTP/2, on a fresh connection that ends with it.
+async fn probe_http2(server: &Server, check: &HealthCheck) -> Option<bool> {
+    let mut sender = http2::connect::<Empty<Bytes>>(server.pool.target(), None).await.ok()?;
+    let uri = http::Uri::builder()
+        .scheme(server.scheme.clone())
+        .authority(server.authority.clone())
+        .path_and_query(check.path.clone())
+        .build()
+        .ok()?;
+    let mut req = Request::get(uri).version(http::Version::HTTP_2).body(Empty::new()).ok()?;
+    req.headers_mut().insert(header::USER_AGENT, HeaderValue::from_static("keygate-health-check"));
+    let response = sender.send_request(req).await.ok()?;
+    Some(response.status().is_success())
 }

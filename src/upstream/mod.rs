@@ -6,7 +6,9 @@ pub mod balance;
 pub mod check;
 pub mod failover;
 pub mod health;
+pub mod http2;
 pub mod pool;
+pub mod replay;
 pub mod report;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +19,7 @@ use http::uri::{Authority, Scheme};
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{self, HealthPolicy, Strategy};
+use crate::config::{self, HealthPolicy, Protocol, Strategy};
 use crate::tls;
 pub use health::Health;
 pub use pool::{PooledBody, SendError};
@@ -27,13 +29,15 @@ pub use pool::{PooledBody, SendError};
 pub struct Server {
     pub scheme: Scheme,
     pub authority: Authority,
-    /// HTTP/1.1 connections. An HTTP/2 connector would sit here beside it
-    /// with the same `send` contract: the request handed back when unsent.
+    /// HTTP/1.1 connections (unused when `http2` is set).
     pub pool: Arc<pool::Pool>,
     /// `scheme://authority`, as labels and `/upstreams` show it.
     pub url: Arc<str>,
     /// Shared with the previous snapshot's server of the same URL.
     pub health: Arc<Health>,
+    /// HTTP/2 connections, for `protocol = "http2"`: the same `send`
+    /// contract as `pool` (the request handed back when unsent).
+    pub http2: Option<Arc<http2::Pool>>,
 }
 
 /// A named group of servers.
@@ -44,6 +48,8 @@ pub struct Upstream {
     next: AtomicUsize,
     pub request_timeout: Duration,
     pub policy: HealthPolicy,
+    /// Whether its servers speak HTTP/2 (`protocol = "http2"`).
+    pub http2: bool,
 }
 
 impl Upstream {
@@ -54,22 +60,23 @@ impl Upstream {
         let connector = match needs_tls {
             true => {
                 let mut client = tls::client_config(config.ca.as_deref())?;
-                client.alpn_protocols = vec![b"http/1.1".to_vec()];
+                client.alpn_protocols = match config.protocol {
+                    Protocol::Http1 => vec![b"http/1.1".to_vec()],
+                    Protocol::Http2 => vec![b"h2".to_vec()],
+                };
                 Some(TlsConnector::from(Arc::new(client)))
             }
             false => None,
         };
-        let servers: Vec<Server> = config
-            .servers
-            .iter()
-            .filter_map(|uri| server(uri, connector.as_ref(), config.connect_timeout, previous))
-            .collect();
+        let servers: Vec<Server> =
+            config.servers.iter().filter_map(|uri| server(uri, connector.as_ref(), config, previous)).collect();
         let upstream = Upstream {
             name: Arc::from(config.name.as_str()),
             servers,
             next: AtomicUsize::new(0),
             request_timeout: config.request_timeout,
             policy: config.health.clone(),
+            http2: config.protocol == Protocol::Http2,
         };
         upstream.forget_checks();
         Ok(upstream)
@@ -107,7 +114,7 @@ impl Upstream {
 fn server(
     uri: &http::Uri,
     connector: Option<&TlsConnector>,
-    connect_timeout: Duration,
+    config: &config::Upstream,
     previous: Option<&Upstream>,
 ) -> Option<Server> {
     let scheme = uri.scheme()?.clone();
@@ -120,8 +127,10 @@ fn server(
         _ => None,
     };
     let address = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-    let target = pool::Target { address, tls, connect_timeout };
+    let target = pool::Target { address, tls, connect_timeout: config.connect_timeout };
+    let http2 = (config.protocol == Protocol::Http2).then(|| http2::Pool::new(target.clone()));
     let url: Arc<str> = Arc::from(format!("{scheme}://{authority}"));
     let kept = previous.and_then(|p| p.servers.iter().find(|s| s.url == url)).map(|s| s.health.clone());
-    Some(Server { scheme, authority, pool: pool::Pool::new(target), url, health: kept.unwrap_or_default() })
+    let health = kept.unwrap_or_default();
+    Some(Server { scheme, authority, pool: pool::Pool::new(target), url, health, http2 })
 }

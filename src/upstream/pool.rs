@@ -129,7 +129,7 @@ impl Pool {
         if response.body().is_end_stream() {
             give_back(&mut reuse);
         }
-        response.map(|inner| PooledBody { inner, reuse, in_flight: None })
+        response.map(|inner| PooledBody { inner, reuse, in_flight: None, stream: None })
     }
 
     fn put(&self, sender: Sender) {
@@ -150,12 +150,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let tcp = match tokio::time::timeout(t.connect_timeout, TcpStream::connect(&t.address)).await {
-        Err(_) => return Err(SendError::ConnectTimeout),
-        Ok(Err(e)) => return Err(SendError::Connect(e)),
-        Ok(Ok(tcp)) => tcp,
-    };
-    let _ = tcp.set_nodelay(true);
+    let tcp = tcp(t).await?;
     match &t.tls {
         None => handshake(tcp).await,
         Some((connector, name)) => {
@@ -166,6 +161,17 @@ where
             handshake(tls).await
         }
     }
+}
+
+/// A TCP connection to `t` under its connect timeout, with Nagle off.
+pub(super) async fn tcp(t: &Target) -> Result<TcpStream, SendError> {
+    let tcp = match tokio::time::timeout(t.connect_timeout, TcpStream::connect(&t.address)).await {
+        Err(_) => return Err(SendError::ConnectTimeout),
+        Ok(Err(e)) => return Err(SendError::Connect(e)),
+        Ok(Ok(tcp)) => tcp,
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 async fn handshake<I, B>(io: I) -> Result<SendRequest<B>, SendError>
@@ -196,6 +202,16 @@ pub struct PooledBody {
     reuse: Option<(Sender, Arc<Pool>)>,
     /// Counts this request as in flight until the body is done (least_requests).
     pub(crate) in_flight: Option<InFlight>,
+    /// An HTTP/2 response's hold on its connection's stream count.
+    stream: Option<super::http2::Stream>,
+}
+
+impl PooledBody {
+    /// An HTTP/2 response body, holding its stream until it ends.
+    pub(super) fn http2(inner: Incoming, stream: super::http2::Stream) -> PooledBody {
+        let stream = (!inner.is_end_stream()).then_some(stream);
+        PooledBody { inner, reuse: None, in_flight: None, stream }
+    }
 }
 
 impl Body for PooledBody {
@@ -209,13 +225,18 @@ impl Body for PooledBody {
             Poll::Ready(None) => {
                 give_back(&mut this.reuse);
                 this.in_flight = None;
+                this.stream = None;
             }
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
                 give_back(&mut this.reuse);
                 this.in_flight = None;
+                this.stream = None;
             }
             // A broken body means a broken connection: drop it.
-            Poll::Ready(Some(Err(_))) => this.reuse = None,
+            Poll::Ready(Some(Err(_))) => {
+                this.reuse = None;
+                this.stream = None;
+            }
             _ => {}
         }
         polled

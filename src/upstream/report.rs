@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::health::ServerMetrics;
+use super::http2::Gauges;
 use super::Upstream;
 use crate::config::Strategy;
 use crate::metrics::{EjectionLabels, Metrics, Name, ServerLabels};
@@ -30,6 +31,10 @@ fn upstream(u: &Upstream) -> Value {
                 "ejected_for_ms": r.ejected_for_ms,
                 "ejections": r.ejections,
                 "in_flight": (u.policy.strategy == Strategy::LeastRequests).then_some(r.in_flight),
+                "http2": s.http2.as_ref().map(|p| {
+                    let (connections, streams) = p.load();
+                    json!({ "connections": connections, "streams": streams })
+                }),
             })
         })
         .collect();
@@ -63,6 +68,12 @@ fn server_metrics(metrics: &Metrics, u: &Upstream, url: &Arc<str>) -> ServerMetr
     ServerMetrics { up, ejected_passive, ejected_checks }
 }
 
+fn http2_gauges(metrics: &Metrics, u: &Upstream, url: &Arc<str>) -> Gauges {
+    let connections = metrics.upstream_connections.get_or_create(&server_labels(u, url)).clone();
+    let streams = metrics.upstream_streams.get_or_create(&server_labels(u, url)).clone();
+    Gauges { connections, streams }
+}
+
 /// Give each server of `next` its metric handles and current state, and
 /// drop the series of servers `previous` had and `next` has not.
 pub fn publish_metrics(next: &[Arc<Upstream>], previous: Option<&[Arc<Upstream>]>, metrics: &Metrics) {
@@ -71,6 +82,9 @@ pub fn publish_metrics(next: &[Arc<Upstream>], previous: Option<&[Arc<Upstream>]
             // A server kept across a reload keeps its handles (same labels).
             let _ = s.health.metrics.get_or_init(|| server_metrics(metrics, u, &s.url));
             s.health.publish();
+            if let Some(pool) = &s.http2 {
+                let _ = pool.gauges.get_or_init(|| http2_gauges(metrics, u, &s.url));
+            }
         }
     }
     let kept =
@@ -78,6 +92,8 @@ pub fn publish_metrics(next: &[Arc<Upstream>], previous: Option<&[Arc<Upstream>]
     for u in previous.unwrap_or_default() {
         for s in u.servers.iter().filter(|s| !kept(u, &s.url)) {
             metrics.upstream_server_up.remove(&server_labels(u, &s.url));
+            metrics.upstream_connections.remove(&server_labels(u, &s.url));
+            metrics.upstream_streams.remove(&server_labels(u, &s.url));
             for cause in ["passive", "health_check"] {
                 metrics.upstream_ejections.remove(&ejection_labels(u, &s.url, cause));
             }
