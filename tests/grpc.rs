@@ -251,6 +251,66 @@ async fn refusals_of_plain_http_requests_stay_json() {
 }
 
 #[tokio::test]
+async fn http1_callers_reach_an_http2_upstream() {
+    let up = GrpcUpstream::start().await;
+    let kg = Keygate::start(&config(&[up.addr], "")).await;
+    let req = http::Request::post(kg.url("/test.Echo/Unary"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-api-key", KEY)
+        .body(Full::new(frame(&Msg::new("h1", 5))))
+        .unwrap();
+    let reply = support::send(req).await;
+    assert_eq!(reply.status, http::StatusCode::OK);
+    assert_eq!(&reply.body[..], &frame(&Msg::new("echo:h1", 5))[..]);
+    let call = up.calls().pop().expect("a call");
+    assert_eq!(call.uri.authority().map(|a| a.as_str()), Some(kg.addr.to_string().as_str()), "the caller's host");
+    assert!(call.headers.get("host").is_none() && call.headers.get("x-api-key").is_none());
+    kg.stop().await;
+}
+
+/// Poll the admin `/metrics` until every line of `want` is in it.
+async fn metrics_until(kg: &Keygate, want: &[String]) {
+    let url = format!("http://{}/metrics", kg.admin.expect("admin listener"));
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let text = String::from_utf8(support::get(&url, &[]).await.body.to_vec()).unwrap();
+        let missing: Vec<&String> = want.iter().filter(|w| !text.lines().any(|l| l == w.as_str())).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "missing {missing:?} in\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_grpc_statuses_and_upstream_connections() {
+    let up = GrpcUpstream::start().await;
+    let kg = Keygate::start(&config(&[up.addr], "[admin]\naddress = \"127.0.0.1:0\"\n")).await;
+    let ch = channel(&kg).await;
+    unary(&ch, "/test.Echo/Unary", Msg::new("m", 1), &[("x-api-key", KEY)]).await.expect("call");
+    unary(&ch, "/test.Echo/Trailers", Msg::new("m", 1), &[("x-api-key", KEY)]).await.expect("call");
+    unary(&ch, "/test.Echo/Nothing", Msg::new("m", 1), &[("x-api-key", KEY)])
+        .await
+        .expect_err("unimplemented upstream");
+    unary(&ch, "/test.Echo/Unary", Msg::new("m", 1), &[]).await.expect_err("no key");
+    let server = format!("http://{}", up.addr);
+    metrics_until(
+        &kg,
+        &[
+            r#"keygate_grpc_requests_total{client="billing",route="echo",grpc_status="0"} 2"#.to_string(),
+            r#"keygate_grpc_requests_total{client="billing",route="echo",grpc_status="12"} 1"#.to_string(),
+            r#"keygate_grpc_requests_total{client="-",route="-",grpc_status="16"} 1"#.to_string(),
+            format!(r#"keygate_upstream_connections{{upstream="echo",server="{server}"}} 1"#),
+            format!(r#"keygate_upstream_streams{{upstream="echo",server="{server}"}} 0"#),
+        ],
+    )
+    .await;
+    kg.stop().await;
+}
+
+#[tokio::test]
 async fn a_thousand_concurrent_calls_over_one_connection_to_a_server_allowing_100_streams() {
     let up = GrpcUpstream::start_with(Options { max_streams: Some(100), ..Options::default() }).await;
     let kg = Keygate::start(&config(&[up.addr], "")).await;
