@@ -332,6 +332,18 @@ async fn a_thousand_concurrent_calls_over_one_connection_to_a_server_allowing_10
 }
 
 #[tokio::test]
+async fn a_stream_refused_unread_is_sent_again_on_another_connection() {
+    let up = support::grpc::Refusing::start().await;
+    let kg = Keygate::start(&config(&[up.addr], "")).await;
+    let ch = channel(&kg).await;
+    let response = unary(&ch, "/test.Echo/Unary", Msg::new("r", 0), &[("x-api-key", KEY)]).await.expect("call");
+    assert_eq!(response.get_ref().text, "echo:refusing");
+    assert_eq!(up.streams.load(Ordering::SeqCst), 2, "refused, then sent again");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2, "the second attempt on another connection");
+    kg.stop().await;
+}
+
+#[tokio::test]
 async fn goaway_mid_load_fails_no_call() {
     let a = GrpcUpstream::start().await;
     let b = GrpcUpstream::start().await;

@@ -131,9 +131,11 @@ impl Pool {
     pub async fn send(&self, call: &mut Call) -> Result<Response<PooledBody>, SendError> {
         let mut permit = self.budget.clone().acquire_owned().await.ok();
         let mut last = SendError::Connect(io::Error::other("connections kept closing"));
+        // After a refusal, the connection that refused.
+        let mut avoid: Option<Arc<Conn>> = None;
         for _ in 0..ATTEMPTS {
             let Some(body) = call.body.attempt() else { break };
-            let mut stream = Stream { conn: self.reserve().await?, permit: None };
+            let mut stream = Stream { conn: self.reserve(avoid.as_ref()).await?, permit: None };
             let mut sender = stream.conn.sender.clone();
             match sender.try_send_request(copy(&call.head, body)).await {
                 Ok(response) => {
@@ -151,6 +153,7 @@ impl Pool {
                         return Err(error.into());
                     }
                     call.refused = true;
+                    avoid = Some(stream.conn.clone());
                     last = error.into();
                     tracing::debug!(server = %self.target.address, "stream refused unread: sending it once more");
                 }
@@ -160,14 +163,14 @@ impl Pool {
         Err(last)
     }
 
-    /// A stream slot on an open connection with room, or on a new one.
-    async fn reserve(&self) -> Result<Arc<Conn>, SendError> {
-        if let Some(conn) = self.with_room() {
+    /// A stream slot on an open connection with room (not `avoid`), or on a new one.
+    async fn reserve(&self, avoid: Option<&Arc<Conn>>) -> Result<Arc<Conn>, SendError> {
+        if let Some(conn) = self.with_room(avoid) {
             return Ok(conn);
         }
         let seen = self.attempts.load(Ordering::Acquire);
         let _opening = self.opening.lock().await;
-        if let Some(conn) = self.with_room() {
+        if let Some(conn) = self.with_room(avoid) {
             return Ok(conn);
         }
         let last = self.attempts.load(Ordering::Acquire);
@@ -193,11 +196,14 @@ impl Pool {
 
     /// A connection below its stream count, its count raised by one. At
     /// `MAX_CONNECTIONS`, the least loaded one (the budget bounds the queue).
-    fn with_room(&self) -> Option<Arc<Conn>> {
+    fn with_room(&self, avoid: Option<&Arc<Conn>>) -> Option<Arc<Conn>> {
         let mut conns = self.lock();
         conns.retain(|c| !c.sender.is_closed());
         let load = |c: &&Arc<Conn>| c.streams.load(Ordering::Relaxed);
-        let found = match conns.iter().find(|c| load(c) < STREAMS_PER_CONNECTION && c.sender.is_ready()) {
+        let room = |c: &&Arc<Conn>| {
+            load(c) < STREAMS_PER_CONNECTION && c.sender.is_ready() && !avoid.is_some_and(|a| Arc::ptr_eq(a, c))
+        };
+        let found = match conns.iter().find(room) {
             Some(c) => Some(c),
             None if conns.len() >= MAX_CONNECTIONS => conns.iter().min_by_key(load),
             None => None,

@@ -280,3 +280,47 @@ fn with_trailers() -> Response<BoxBody> {
     response.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
     response
 }
+
+/// A raw HTTP/2 server (the h2 crate) that resets the first stream it is
+/// sent with REFUSED_STREAM and answers every other one like `Unary`
+/// (`echo:` and the text `refusing`); it counts connections and streams.
+pub struct Refusing {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub streams: Arc<AtomicUsize>,
+}
+
+impl Refusing {
+    pub async fn start() -> Refusing {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let up = Refusing {
+            addr: listener.local_addr().expect("addr"),
+            connections: Arc::default(),
+            streams: Arc::default(),
+        };
+        let (connections, streams) = (up.connections.clone(), up.streams.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                connections.fetch_add(1, Ordering::SeqCst);
+                let streams = streams.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else { return };
+                    while let Some(Ok((_, mut respond))) = conn.accept().await {
+                        if streams.fetch_add(1, Ordering::SeqCst) == 0 {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        let head =
+                            Response::builder().header("content-type", "application/grpc").body(()).expect("head");
+                        let Ok(mut send) = respond.send_response(head, false) else { continue };
+                        let _ = send.send_data(frame(&Msg::new("echo:refusing", 0)), false);
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                        let _ = send.send_trailers(trailers);
+                    }
+                });
+            }
+        });
+        up
+    }
+}
