@@ -238,7 +238,8 @@ async fn run(
     parts.uri = forward::upstream_uri(pq);
     let credential = snap.key_header_values.get(entry.index as usize);
     let caller = Caller { client, credential, copies };
-    let trailers = grpc::asks_trailers(&parts.headers);
+    // Only HTTP/2 upstreams get `te: trailers` back (read before stripping).
+    let trailers = upstream.http2 && grpc::asks_trailers(&parts.headers);
     prepare_headers(&mut parts, snap, &caller, route, conn, host.as_ref(), &record.request_id);
     let body = RequestBody::new(body, route.max_body, snap.config.listen.body_timeout);
     let response = forward::send(upstream, parts, body, tunnel, trailers).await.map_err(|f| {

@@ -311,6 +311,25 @@ async fn metrics_count_grpc_statuses_and_upstream_connections() {
 }
 
 #[tokio::test]
+async fn health_checks_speak_http2_to_an_http2_upstream() {
+    let up = GrpcUpstream::start().await;
+    let toml = config(&[up.addr], "").replacen(
+        "protocol = \"http2\"\n",
+        "protocol = \"http2\"\nhealth_check = { path = \"/healthz\", interval = \"50ms\", unhealthy = 1 }\n",
+        1,
+    );
+    let kg = Keygate::start(&toml).await;
+    let deadline = Instant::now() + LIMIT;
+    while up.calls().iter().filter(|c| c.uri.path() == "/healthz").count() < 3 {
+        assert!(Instant::now() < deadline, "no HTTP/2 health check reached the server");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ch = channel(&kg).await;
+    unary(&ch, "/test.Echo/Unary", Msg::new("h", 1), &[("x-api-key", KEY)]).await.expect("server still in rotation");
+    kg.stop().await;
+}
+
+#[tokio::test]
 async fn a_thousand_concurrent_calls_over_one_connection_to_a_server_allowing_100_streams() {
     let up = GrpcUpstream::start_with(Options { max_streams: Some(100), ..Options::default() }).await;
     let kg = Keygate::start(&config(&[up.addr], "")).await;

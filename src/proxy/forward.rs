@@ -85,7 +85,9 @@ pub async fn send(
     if trailers && upstream.http2 {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    let limit = grpc::timeout(&parts.headers).map_or(upstream.request_timeout, |t| t.min(upstream.request_timeout));
+    // gRPC calls go to HTTP/2 upstreams: others skip the header lookup.
+    let deadline = if upstream.http2 { grpc::timeout(&parts.headers) } else { None };
+    let limit = deadline.map_or(upstream.request_timeout, |t| t.min(upstream.request_timeout));
     let request = Request::from_parts(parts, body);
     let sent = tokio::time::timeout(limit, upstream.send(request)).await;
     let mut response = match sent {

@@ -126,7 +126,8 @@ impl Pool {
     /// Send `call` on a connection with room, trying another connection when
     /// one closed or went away before taking it, and once more when the
     /// server refused the stream unread (REFUSED_STREAM, or beyond GOAWAY's
-    /// last stream) and the body read so far was kept. On failure,
+    /// last stream) and the body read so far was kept. Each attempt gets a
+    /// copy of the head (hyper consumes the request). On failure,
     /// `call.resendable()` says whether another server may have it.
     pub async fn send(&self, call: &mut Call) -> Result<Response<PooledBody>, SendError> {
         let mut permit = self.budget.clone().acquire_owned().await.ok();
@@ -144,7 +145,7 @@ impl Pool {
                     return Ok(response.map(|body| PooledBody::http2(body, stream)));
                 }
                 // The connection closed (or went away) before taking it.
-                Err(e) if e.message().is_some() => continue,
+                Err(e) if e.message().is_some() => avoid = Some(stream.conn.clone()),
                 Err(e) => {
                     let error = e.into_error();
                     let again = !call.refused && refused_unread(&error);
@@ -159,7 +160,7 @@ impl Pool {
                 }
             }
         }
-        call.spent = true;
+        // Only refusals and closed connections get here: nothing was processed.
         Err(last)
     }
 
