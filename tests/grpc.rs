@@ -129,6 +129,38 @@ async fn server_streaming_of_ten_thousand_messages() {
 }
 
 #[tokio::test]
+async fn a_caller_that_stops_reading_stalls_the_server_stream() {
+    const N: u64 = 100_000; // of 1 KiB: 100 MB if anything buffered it whole
+    let up = GrpcUpstream::start().await;
+    let kg = Keygate::start(&config(&[up.addr], "")).await;
+    let mut client = tonic::client::Grpc::new(channel(&kg).await);
+    client.ready().await.expect("ready");
+    let mut req = tonic::Request::new(Msg::new("big", N));
+    req.metadata_mut().insert("x-api-key", KEY.parse().unwrap());
+    let path = PathAndQuery::from_static("/test.Echo/Count");
+    let response = client.server_streaming(req, path, ProstCodec::<Msg, Msg>::default()).await.expect("call");
+    let mut stream = response.into_inner();
+    assert_eq!(stream.message().await.expect("first").map(|m| m.n), Some(0));
+    // The caller reads nothing more: the server must stall once the windows
+    // and socket buffers on the way are full.
+    let deadline = Instant::now() + LIMIT;
+    let mut seen = usize::MAX;
+    while up.produced.load(Ordering::SeqCst) != seen {
+        assert!(Instant::now() < deadline, "the server never stalled");
+        seen = up.produced.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen < 10_000, "{seen} of {N} messages made while the caller read one");
+    let mut next = 1;
+    while let Some(msg) = tokio::time::timeout(LIMIT, stream.message()).await.expect("in time").expect("message") {
+        assert_eq!(msg.n, next);
+        next += 1;
+    }
+    assert_eq!(next, N);
+    kg.stop().await;
+}
+
+#[tokio::test]
 async fn bidi_streaming_interleaves_messages() {
     let up = GrpcUpstream::start().await;
     let kg = Keygate::start(&config(&[up.addr], "")).await;

@@ -5,7 +5,8 @@
 //!
 //! Methods of `test.Echo`:
 //! - `Unary`: answers `echo:<text>` with the same `n`
-//! - `Count`: streams `n` messages numbered 0..n
+//! - `Count`: streams `n` messages numbered 0..n (of 1 KiB each when the
+//!   text is `big`), made only as fast as they are sent (`produced`)
 //! - `Chat`: answers each message as it arrives (`re:<text>`)
 //! - `Slow`: waits `n` milliseconds, then answers like `Unary`
 //! - `Trailers`: one message, then trailers with `x-trailer: yes`
@@ -74,6 +75,8 @@ pub struct GrpcUpstream {
     /// Streams open right now, and the most seen at once.
     pub open: Arc<AtomicUsize>,
     pub peak: Arc<AtomicUsize>,
+    /// Messages `Count` has made so far.
+    pub produced: Arc<AtomicUsize>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -92,6 +95,7 @@ impl GrpcUpstream {
             connections: Arc::default(),
             open: Arc::default(),
             peak: Arc::default(),
+            produced: Arc::default(),
             shutdown,
         };
         let acceptor = options.tls.as_ref().map(|(c, k)| acceptor(c, k));
@@ -124,6 +128,7 @@ impl GrpcUpstream {
             connections: self.connections.clone(),
             open: self.open.clone(),
             peak: self.peak.clone(),
+            produced: self.produced.clone(),
         }
     }
 
@@ -145,6 +150,7 @@ struct State {
     connections: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
+    produced: Arc<AtomicUsize>,
 }
 
 fn acceptor(cert: &Path, key: &Path) -> tokio_rustls::TlsAcceptor {
@@ -200,7 +206,7 @@ async fn dispatch(req: Request<Incoming>, state: State) -> Result<Response<BoxBo
     let response = match req.uri().path() {
         "/test.Echo/Unary" => grpc.unary(Unary { delay: false }, req).await,
         "/test.Echo/Slow" => grpc.unary(Unary { delay: true }, req).await,
-        "/test.Echo/Count" => grpc.server_streaming(Count, req).await,
+        "/test.Echo/Count" => grpc.server_streaming(Count(state.produced.clone()), req).await,
         "/test.Echo/Chat" => grpc.streaming(Chat, req).await,
         "/test.Echo/Trailers" => with_trailers(),
         _ => Status::unimplemented("no such method").into_http(),
@@ -233,15 +239,20 @@ impl tonic::server::UnaryService<Msg> for Unary {
     }
 }
 
-struct Count;
+struct Count(Arc<AtomicUsize>);
 
 impl tonic::server::ServerStreamingService<Msg> for Count {
     type Response = Msg;
     type ResponseStream = MsgStream;
     type Future = Boxed<MsgStream>;
     fn call(&mut self, req: tonic::Request<Msg>) -> Self::Future {
-        let n = req.into_inner().n;
-        let out: MsgStream = Box::pin(stream::iter((0..n).map(|i| Ok(Msg { text: format!("m{i}"), n: i }))));
+        let Msg { text, n } = req.into_inner();
+        let (produced, big) = (self.0.clone(), text == "big");
+        let out: MsgStream = Box::pin(stream::iter((0..n).map(move |i| {
+            produced.fetch_add(1, Ordering::SeqCst);
+            let text = if big { "x".repeat(1024) } else { format!("m{i}") };
+            Ok(Msg { text, n: i })
+        })));
         Box::pin(async move { Ok(tonic::Response::new(out)) })
     }
 }
