@@ -511,3 +511,19 @@ fn protocol_must_be_http1_or_http2() {
     assert!(text.contains("upstreams.a.protocol") && text.contains("\"h2c\" is not a protocol"), "{text}");
     assert!(text.contains("k.toml:5:"), "{text}");
 }
+
+#[test]
+fn explain_names_the_grpc_status_of_a_refusal() {
+    let dir = support::tempdir();
+    std::fs::write(dir.path().join("keygate.toml"), config(&["127.0.0.1:9".parse().unwrap()], "")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["explain", "-c", "keygate.toml", "--client", "outsider", "POST", "/test.Echo/Unary"])
+        .args(["--header", "content-type: application/grpc"])
+        .current_dir(dir.path())
+        .env_clear()
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("verdict     403 forbidden"), "{text}");
+    assert!(text.contains("grpc-status 7"), "{text}");
+}

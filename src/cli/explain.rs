@@ -152,6 +152,10 @@ pub fn explain(snap: &Snapshot, parts: &Parts, caller: Caller<'_>) -> Report {
         Err(reject) => {
             let (status, code, _) = reject.parts();
             lines.push(format!("refused     {}", refusal(reject, snap)));
+            if proxy::grpc::is_grpc(&parts.headers) {
+                let grpc = reject.grpc_status();
+                lines.push(format!("grpc        answered as HTTP 200, trailers-only, grpc-status {grpc}"));
+            }
             (status.as_u16(), Some(code))
         }
     };
