@@ -339,6 +339,9 @@ async fn metrics_count_grpc_statuses_and_upstream_connections() {
         ],
     )
     .await;
+    let report = support::get(&format!("http://{}/upstreams", kg.admin.unwrap()), &[]).await.json();
+    let http2 = &report["upstreams"][1]["servers"][0]["http2"]; // "down", then "echo"
+    assert_eq!((http2["connections"].as_u64(), http2["streams"].as_u64()), (Some(1), Some(0)), "{report}");
     kg.stop().await;
 }
 
