@@ -289,6 +289,8 @@ async fn http1_callers_reach_an_http2_upstream() {
     let req = http::Request::post(kg.url("/test.Echo/Unary"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
+        // Connection-specific in HTTP/2: must not reach (or break) the upstream request.
+        .header("proxy-connection", "keep-alive")
         .header("x-api-key", KEY)
         .body(Full::new(frame(&Msg::new("h1", 5))))
         .unwrap();
@@ -298,6 +300,7 @@ async fn http1_callers_reach_an_http2_upstream() {
     let call = up.calls().pop().expect("a call");
     assert_eq!(call.uri.authority().map(|a| a.as_str()), Some(kg.addr.to_string().as_str()), "the caller's host");
     assert!(call.headers.get("host").is_none() && call.headers.get("x-api-key").is_none());
+    assert!(call.headers.get("proxy-connection").is_none());
     kg.stop().await;
 }
 
