@@ -161,6 +161,21 @@ async fn a_caller_that_stops_reading_stalls_the_server_stream() {
 }
 
 #[tokio::test]
+async fn client_streaming_of_a_thousand_messages() {
+    let up = GrpcUpstream::start().await;
+    let kg = Keygate::start(&config(&[up.addr], "")).await;
+    let mut client = tonic::client::Grpc::new(channel(&kg).await);
+    client.ready().await.expect("ready");
+    let mut req = tonic::Request::new(stream::iter((1..=1000u64).map(|n| Msg::new("part", n))));
+    req.metadata_mut().insert("x-api-key", KEY.parse().unwrap());
+    let path = PathAndQuery::from_static("/test.Echo/Sum");
+    let call = client.client_streaming(req, path, ProstCodec::<Msg, Msg>::default());
+    let response = tokio::time::timeout(LIMIT, call).await.expect("in time").expect("call");
+    assert_eq!(response.get_ref(), &Msg::new("1000", 500_500));
+    kg.stop().await;
+}
+
+#[tokio::test]
 async fn bidi_streaming_interleaves_messages() {
     let up = GrpcUpstream::start().await;
     let kg = Keygate::start(&config(&[up.addr], "")).await;

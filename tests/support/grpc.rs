@@ -8,6 +8,7 @@
 //! - `Count`: streams `n` messages numbered 0..n (of 1 KiB each when the
 //!   text is `big`), made only as fast as they are sent (`produced`)
 //! - `Chat`: answers each message as it arrives (`re:<text>`)
+//! - `Sum`: reads every message, then answers the count and the sum of `n`
 //! - `Slow`: waits `n` milliseconds, then answers like `Unary`
 //! - `Trailers`: one message, then trailers with `x-trailer: yes`
 // tonic's API takes its (large) `Status` as the error type.
@@ -208,6 +209,7 @@ async fn dispatch(req: Request<Incoming>, state: State) -> Result<Response<BoxBo
         "/test.Echo/Slow" => grpc.unary(Unary { delay: true }, req).await,
         "/test.Echo/Count" => grpc.server_streaming(Count(state.produced.clone()), req).await,
         "/test.Echo/Chat" => grpc.streaming(Chat, req).await,
+        "/test.Echo/Sum" => grpc.client_streaming(Sum, req).await,
         "/test.Echo/Trailers" => with_trailers(),
         _ => Status::unimplemented("no such method").into_http(),
     };
@@ -267,6 +269,24 @@ impl tonic::server::StreamingService<Msg> for Chat {
         let out: MsgStream =
             Box::pin(req.into_inner().map(|m| m.map(|m| Msg { text: format!("re:{}", m.text), n: m.n })));
         Box::pin(async move { Ok(tonic::Response::new(out)) })
+    }
+}
+
+struct Sum;
+
+impl tonic::server::ClientStreamingService<Msg> for Sum {
+    type Response = Msg;
+    type Future = Boxed<Msg>;
+    fn call(&mut self, req: tonic::Request<Streaming<Msg>>) -> Self::Future {
+        let mut incoming = req.into_inner();
+        Box::pin(async move {
+            let (mut count, mut sum) = (0u64, 0u64);
+            while let Some(msg) = incoming.message().await? {
+                count += 1;
+                sum += msg.n;
+            }
+            Ok(tonic::Response::new(Msg { text: count.to_string(), n: sum }))
+        })
     }
 }
 
