@@ -9,15 +9,18 @@
 //! `MAX_CONNECTIONS × STREAMS_PER_CONNECTION` streams, requests wait for a
 //! free one (bounded by the upstream's `request_timeout`).
 //!
+//! A request finds a connection without taking a lock (the list is an
+//! `ArcSwap`, each connection's stream count an atomic it claims a slot in).
 //! Connections are opened one at a time per server, so a burst of requests
 //! fills one connection before opening the next; when an attempt fails, the
 //! requests that waited for it fail with it instead of each trying again.
 
 use std::io;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::client::conn::http2::{self, SendRequest};
@@ -92,7 +95,8 @@ impl Drop for Stream {
 /// The HTTP/2 connections to one server.
 pub struct Pool {
     target: Target,
-    conns: Mutex<Vec<Arc<Conn>>>,
+    /// Read without a lock; replaced (closed ones dropped) while `opening` is held.
+    conns: ArcSwap<Vec<Arc<Conn>>>,
     /// Held while a connection is being opened.
     opening: tokio::sync::Mutex<()>,
     /// Connection attempts so far, and the number of the last that failed.
@@ -114,7 +118,7 @@ impl Pool {
     pub fn new(target: Target) -> Arc<Pool> {
         Arc::new(Pool {
             target,
-            conns: Mutex::new(Vec::new()),
+            conns: ArcSwap::from_pointee(Vec::new()),
             opening: tokio::sync::Mutex::new(()),
             attempts: AtomicU64::new(0),
             last_failed: AtomicU64::new(0),
@@ -185,7 +189,10 @@ impl Pool {
             Ok(sender) => {
                 let conn = Arc::new(Conn { sender, streams: AtomicUsize::new(0), gauges });
                 conn.open_stream();
-                self.lock().push(conn.clone());
+                let mut next: Vec<Arc<Conn>> =
+                    self.conns.load().iter().filter(|c| !c.sender.is_closed()).cloned().collect();
+                next.push(conn.clone());
+                self.conns.store(Arc::new(next));
                 Ok(conn)
             }
             Err(e) => {
@@ -198,29 +205,26 @@ impl Pool {
     /// A connection below its stream count, its count raised by one. At
     /// `MAX_CONNECTIONS`, the least loaded one (the budget bounds the queue).
     fn with_room(&self, avoid: Option<&Arc<Conn>>) -> Option<Arc<Conn>> {
-        let mut conns = self.lock();
-        conns.retain(|c| !c.sender.is_closed());
-        let load = |c: &&Arc<Conn>| c.streams.load(Ordering::Relaxed);
-        let room = |c: &&Arc<Conn>| {
-            load(c) < STREAMS_PER_CONNECTION && c.sender.is_ready() && !avoid.is_some_and(|a| Arc::ptr_eq(a, c))
-        };
-        let found = match conns.iter().find(room) {
-            Some(c) => Some(c),
-            None if conns.len() >= MAX_CONNECTIONS => conns.iter().min_by_key(load),
-            None => None,
-        };
-        let conn = found?;
+        let conns = self.conns.load();
+        let usable = |c: &&Arc<Conn>| !c.sender.is_closed() && !avoid.is_some_and(|a| Arc::ptr_eq(a, c));
+        for conn in conns.iter().filter(usable).filter(|c| c.sender.is_ready()) {
+            if conn.streams.fetch_add(1, Ordering::AcqRel) < STREAMS_PER_CONNECTION {
+                conn.gauges.streams.inc();
+                return Some(conn.clone());
+            }
+            conn.streams.fetch_sub(1, Ordering::AcqRel);
+        }
+        if conns.iter().filter(usable).count() < MAX_CONNECTIONS {
+            return None;
+        }
+        let conn = conns.iter().filter(usable).min_by_key(|c| c.streams.load(Ordering::Relaxed))?;
         conn.open_stream();
         Some(conn.clone())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Conn>>> {
-        self.conns.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Open connections and the streams on them, for metrics.
     pub fn load(&self) -> (usize, usize) {
-        let conns = self.lock();
+        let conns = self.conns.load();
         let open = conns.iter().filter(|c| !c.sender.is_closed()).count();
         (open, conns.iter().map(|c| c.streams.load(Ordering::Relaxed)).sum())
     }
