@@ -408,8 +408,9 @@ async fn a_stream_refused_unread_is_sent_again_on_another_connection() {
     let up = support::grpc::Refusing::start().await;
     let kg = Keygate::start(&config(&[up.addr], "")).await;
     let ch = channel(&kg).await;
-    let response = unary(&ch, "/test.Echo/Unary", Msg::new("r", 0), &[("x-api-key", KEY)]).await.expect("call");
-    assert_eq!(response.get_ref().text, "echo:refusing");
+    let text = "sent again from the kept chunks";
+    let response = unary(&ch, "/test.Echo/Unary", Msg::new(text, 0), &[("x-api-key", KEY)]).await.expect("call");
+    assert_eq!(response.get_ref().text, format!("echo:{text}"));
     assert_eq!(up.streams.load(Ordering::SeqCst), 2, "refused, then sent again");
     assert_eq!(up.connections.load(Ordering::SeqCst), 2, "the second attempt on another connection");
     kg.stop().await;

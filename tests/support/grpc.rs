@@ -313,8 +313,8 @@ fn with_trailers() -> Response<BoxBody> {
 }
 
 /// A raw HTTP/2 server (the h2 crate) that resets the first stream it is
-/// sent with REFUSED_STREAM and answers every other one like `Unary`
-/// (`echo:` and the text `refusing`); it counts connections and streams.
+/// sent with REFUSED_STREAM and answers every other one like `Unary` (from
+/// the request body it read); it counts connections and streams.
 pub struct Refusing {
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
@@ -336,22 +336,36 @@ impl Refusing {
                 let streams = streams.clone();
                 tokio::spawn(async move {
                     let Ok(mut conn) = h2::server::handshake(tcp).await else { return };
-                    while let Some(Ok((_, mut respond))) = conn.accept().await {
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
                         if streams.fetch_add(1, Ordering::SeqCst) == 0 {
                             respond.send_reset(h2::Reason::REFUSED_STREAM);
                             continue;
                         }
-                        let head =
-                            Response::builder().header("content-type", "application/grpc").body(()).expect("head");
-                        let Ok(mut send) = respond.send_response(head, false) else { continue };
-                        let _ = send.send_data(frame(&Msg::new("echo:refusing", 0)), false);
-                        let mut trailers = HeaderMap::new();
-                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-                        let _ = send.send_trailers(trailers);
+                        tokio::spawn(async move {
+                            let text = read_message(req.into_body()).await.map_or(String::new(), |m| m.text);
+                            let head =
+                                Response::builder().header("content-type", "application/grpc").body(()).expect("head");
+                            let Ok(mut send) = respond.send_response(head, false) else { return };
+                            let _ = send.send_data(frame(&Msg::new(&format!("echo:{text}"), 0)), false);
+                            let mut trailers = HeaderMap::new();
+                            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                            let _ = send.send_trailers(trailers);
+                        });
                     }
                 });
             }
         });
         up
     }
+}
+
+/// The one gRPC message of a request body.
+async fn read_message(mut body: h2::RecvStream) -> Option<Msg> {
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.ok()?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    prost::Message::decode(data.get(5..)?).ok()
 }
