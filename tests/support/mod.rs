@@ -5,6 +5,7 @@
 pub mod failover;
 pub mod flood;
 pub mod grpc;
+pub mod grpc_client;
 pub mod ops;
 #[path = "redis.rs"]
 pub mod redis_server;
