@@ -147,6 +147,33 @@ async fn trailing_metadata_from_the_server_arrives() {
     kg.stop().await;
 }
 
+#[tokio::test]
+async fn request_trailers_reach_the_upstream() {
+    let up = GrpcUpstream::start().await;
+    let kg = Keygate::start(&config(&[up.addr], "")).await;
+    let tcp = tokio::net::TcpStream::connect(kg.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("handshake");
+    tokio::spawn(conn);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-request-trailer", http::HeaderValue::from_static("ping"));
+    let frames = vec![
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(frame(&Msg::new("t", 1)))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let req = http::Request::post(format!("http://{}/test.Echo/Trailers", kg.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-api-key", KEY)
+        .body(http_body_util::StreamBody::new(stream::iter(frames)))
+        .unwrap();
+    let response = tokio::time::timeout(LIMIT, sender.send_request(req)).await.expect("in time").expect("response");
+    let collected = tokio::time::timeout(LIMIT, response.into_body().collect()).await.expect("in time").expect("body");
+    let trailers = collected.trailers().expect("response trailers").clone();
+    assert_eq!(trailers["x-echoed-trailer"], "ping", "{trailers:?}");
+    kg.stop().await;
+}
+
 /// A raw HTTP/2 gRPC request with `grpc-timeout` (tonic's own client would
 /// enforce the deadline itself and hide keygate's).
 async fn call_with_timeout(kg: &Keygate, timeout: &str, work_ms: u64) -> (http::HeaderMap, Duration) {

@@ -10,7 +10,8 @@
 //! - `Chat`: answers each message as it arrives (`re:<text>`)
 //! - `Sum`: reads every message, then answers the count and the sum of `n`
 //! - `Slow`: waits `n` milliseconds, then answers like `Unary`
-//! - `Trailers`: one message, then trailers with `x-trailer: yes`
+//! - `Trailers`: one message, then trailers with `x-trailer: yes` (and the
+//!   request's trailer `x-request-trailer`, if any, as `x-echoed-trailer`)
 // tonic's API takes its (large) `Status` as the error type.
 #![allow(clippy::result_large_err)]
 
@@ -210,7 +211,7 @@ async fn dispatch(req: Request<Incoming>, state: State) -> Result<Response<BoxBo
         "/test.Echo/Count" => grpc.server_streaming(Count(state.produced.clone()), req).await,
         "/test.Echo/Chat" => grpc.streaming(Chat, req).await,
         "/test.Echo/Sum" => grpc.client_streaming(Sum, req).await,
-        "/test.Echo/Trailers" => with_trailers(),
+        "/test.Echo/Trailers" => with_trailers(req).await,
         _ => Status::unimplemented("no such method").into_http(),
     };
     Ok(response)
@@ -300,10 +301,15 @@ pub fn frame(msg: &Msg) -> Bytes {
     Bytes::from(out)
 }
 
-fn with_trailers() -> Response<BoxBody> {
+async fn with_trailers(req: Request<Incoming>) -> Response<BoxBody> {
+    use http_body_util::BodyExt;
+    let sent = req.into_body().collect().await.ok().and_then(|c| c.trailers().cloned());
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
     trailers.insert("x-trailer", HeaderValue::from_static("yes"));
+    if let Some(v) = sent.as_ref().and_then(|t| t.get("x-request-trailer")) {
+        trailers.insert("x-echoed-trailer", v.clone());
+    }
     let frames =
         vec![Ok::<_, Status>(Frame::data(frame(&Msg::new("with trailers", 1)))), Ok(Frame::trailers(trailers))];
     let body = tonic::body::boxed(StreamBody::new(stream::iter(frames)));
