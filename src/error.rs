@@ -38,6 +38,43 @@ pub enum Reject {
     },
     // Internal: the shared limiter store failed and `on_error = "deny"`.
     LimiterUnavailable,
+    // Downstream: a Bearer token failed this check.
+    InvalidToken {
+        check: TokenCheck,
+    },
+    // Downstream: a token caller lacks a scope of the route (by index).
+    InsufficientScope {
+        route: u32,
+    },
+}
+
+/// The token check that failed, named in the 401's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    Malformed,
+    Signature,
+    Algorithm,
+    Issuer,
+    Audience,
+    Expired,
+    NotYetValid,
+    Lifetime,
+}
+
+impl TokenCheck {
+    /// The refusal's message.
+    pub fn message(self) -> &'static str {
+        match self {
+            TokenCheck::Malformed => "Invalid token: malformed",
+            TokenCheck::Signature => "Invalid token: signature",
+            TokenCheck::Algorithm => "Invalid token: algorithm",
+            TokenCheck::Issuer => "Invalid token: issuer",
+            TokenCheck::Audience => "Invalid token: audience",
+            TokenCheck::Expired => "Invalid token: expired",
+            TokenCheck::NotYetValid => "Invalid token: not yet valid",
+            TokenCheck::Lifetime => "Invalid token: lifetime",
+        }
+    }
 }
 
 impl Reject {
@@ -73,6 +110,10 @@ impl Reject {
             QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", "Quota for this period used up"),
             LimiterUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "limiter_unavailable", "Rate limiter unavailable; try again")
+            }
+            InvalidToken { check } => (StatusCode::UNAUTHORIZED, "invalid_token", check.message()),
+            InsufficientScope { .. } => {
+                (StatusCode::FORBIDDEN, "insufficient_scope", "The token lacks a scope this route requires")
             }
         }
     }

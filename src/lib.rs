@@ -33,6 +33,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod jwt;
 pub mod keys;
 pub mod limit;
 pub mod metrics;

@@ -67,6 +67,8 @@ pub struct Snapshot {
     pub key_header_values: Vec<HeaderValue>,
     /// The connection to Redis, when `[redis]` is configured.
     pub redis: Option<Arc<Link>>,
+    /// Token verification, when `[[jwt]]` is configured.
+    pub jwt: Option<crate::jwt::Verifier>,
 }
 
 impl Snapshot {
@@ -121,6 +123,7 @@ impl Snapshot {
             None => Vec::new(),
         };
         Ok(Snapshot {
+            jwt: crate::jwt::Verifier::new(&config),
             key_header_values,
             router: Router::new(&config.routes),
             route_names: config.routes.iter().map(|r| Name::new(&r.name)).collect(),

@@ -142,6 +142,7 @@ fn upstream(c: &mut Checker<'_>, config: &mut Config, env: &Env) {
         max_body: None,
         request_headers: super::HeaderRules::default(),
         strip_segments: 0,
+        scopes: Vec::new(),
     });
 }
 

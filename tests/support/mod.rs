@@ -4,6 +4,7 @@
 
 pub mod failover;
 pub mod flood;
+pub mod jwks;
 pub mod ops;
 #[path = "redis.rs"]
 pub mod redis_server;

@@ -1,0 +1,193 @@
+//! Bearer tokens (JWT) as a second kind of credential: the issuers' rules
+//! and keys, verification, and the cache of verified tokens. A verified
+//! token becomes a [`Grant`]: the client it names, with its scopes and the
+//! claims copied onto the forwarded request.
+
+pub mod cache;
+pub mod keys;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::Value;
+
+use crate::config::{Config, JwtIssuer, JwtKeys};
+use crate::error::{Reject, TokenCheck};
+use keys::KeySet;
+use verify::Claims;
+
+/// What a verified token grants.
+#[derive(Debug)]
+pub struct Grant {
+    /// Index of the client, as in the snapshot.
+    pub client: u32,
+    /// Index of the issuer in `[[jwt]]`.
+    pub issuer: u32,
+    /// The token's `exp` (Unix seconds).
+    pub exp: i64,
+    pub scopes: Box<[String]>,
+    /// Claims copied onto the forwarded request.
+    pub headers: Box<[(HeaderName, HeaderValue)]>,
+}
+
+impl Grant {
+    /// Whether the token holds every scope in `required`.
+    pub fn holds(&self, required: &[String]) -> bool {
+        required.iter().all(|r| self.scopes.contains(r))
+    }
+}
+
+/// One issuer, ready to verify.
+#[derive(Debug)]
+pub struct Issuer {
+    pub config: JwtIssuer,
+    /// A `Validation` per allowed algorithm, made once.
+    rules: Vec<(Algorithm, Validation)>,
+    keys: Arc<KeySet>,
+}
+
+impl Issuer {
+    /// The keys held now.
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.clone()
+    }
+}
+
+/// Every issuer of a snapshot, the client names tokens may carry, and the cache.
+#[derive(Debug)]
+pub struct Verifier {
+    pub issuers: Vec<Issuer>,
+    clients: HashMap<String, u32>,
+    cache: cache::Cache,
+    /// `jwt:<issuer>` per issuer: the access log's credential field.
+    log_names: Vec<crate::metrics::Name>,
+}
+
+impl Verifier {
+    /// The verifier of a configuration; `None` without `[[jwt]]`.
+    pub fn new(config: &Config) -> Option<Verifier> {
+        if config.jwt.is_empty() {
+            return None;
+        }
+        let issuers = config.jwt.iter().map(issuer).collect();
+        let clients = config
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.clone(), u32::try_from(i).unwrap_or(u32::MAX)))
+            .collect();
+        let log_names = config.jwt.iter().map(|j| crate::metrics::Name::new(&format!("jwt:{}", j.issuer))).collect();
+        Some(Verifier { issuers, clients, cache: cache::Cache::default(), log_names })
+    }
+
+    /// The grant of a token: from the cache, else verified and cached.
+    /// A valid token naming no configured client is `Forbidden`.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Arc<Grant>, Reject> {
+        if let Some(grant) = self.cache.get(token, now) {
+            return Ok(grant);
+        }
+        let (index, claims) = self.check(token, now).map_err(|check| Reject::InvalidToken { check })?;
+        let grant = Arc::new(self.grant(index, &claims).ok_or(Reject::Forbidden)?);
+        self.cache.insert(token, grant.clone(), now);
+        Ok(grant)
+    }
+
+    /// Verify a token: the index of its issuer and its claims, or the check that failed.
+    pub fn check(&self, token: &str, now: i64) -> Result<(usize, Claims), TokenCheck> {
+        let head = verify::head(token)?;
+        let iss = verify::unverified_issuer(token)?;
+        let index = self.issuers.iter().position(|i| i.config.issuer == iss).ok_or(TokenCheck::Issuer)?;
+        let issuer = self.issuers.get(index).ok_or(TokenCheck::Issuer)?;
+        let keys = issuer.keys();
+        let claims = verify::check(token, &head, &issuer.config, &issuer.rules, &keys, now)?;
+        Ok((index, claims))
+    }
+
+    /// The client a verified token names, with its scopes and header claims.
+    pub fn grant(&self, index: usize, claims: &Claims) -> Option<Grant> {
+        let issuer = &self.issuers.get(index)?.config;
+        let client = *self.clients.get(claims.get(&issuer.client_claim)?.as_str()?)?;
+        let exp = claims.get("exp").and_then(Value::as_f64).map_or(0, |e| e as i64);
+        let headers = issuer
+            .headers
+            .iter()
+            .filter_map(|(name, claim)| Some((name.clone(), claim_value(claims.get(claim)?)?)))
+            .collect();
+        let issuer = u32::try_from(index).unwrap_or(u32::MAX);
+        Some(Grant { client, issuer, exp, scopes: scopes(claims).into(), headers })
+    }
+
+    /// `jwt:<issuer>` for issuer `index`: what the access log names.
+    pub fn log_name(&self, index: u32) -> Option<crate::metrics::Name> {
+        self.log_names.get(index as usize).cloned()
+    }
+}
+
+fn issuer(config: &JwtIssuer) -> Issuer {
+    let rules = config.algorithms.iter().map(|a| (*a, verify::validation(config, *a))).collect();
+    let keys = match &config.keys {
+        JwtKeys::Fixed(set) => set.clone(),
+        JwtKeys::Url { .. } => Arc::new(KeySet::default()),
+    };
+    Issuer { config: config.clone(), rules, keys }
+}
+
+/// Scopes from a `scope` string (space-separated) or an `scp` list (or string).
+pub fn scopes(claims: &Claims) -> Vec<String> {
+    let words = |s: &str| s.split_ascii_whitespace().map(str::to_string).collect::<Vec<_>>();
+    match (claims.get("scope"), claims.get("scp")) {
+        (Some(Value::String(s)), _) => words(s),
+        (_, Some(Value::Array(list))) => list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        (_, Some(Value::String(s))) => words(s),
+        _ => Vec::new(),
+    }
+}
+
+/// A claim as a header value: strings, numbers and booleans as text.
+fn claim_value(v: &Value) -> Option<HeaderValue> {
+    let text = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    HeaderValue::from_str(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(v: Value) -> Claims {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn scopes_come_from_scope_or_scp() {
+        assert_eq!(scopes(&claims(json!({"scope": "a  b\tc"}))), ["a", "b", "c"]);
+        assert_eq!(scopes(&claims(json!({"scp": ["a", 1, "b"]}))), ["a", "b"]);
+        assert_eq!(scopes(&claims(json!({"scp": "a b"}))), ["a", "b"]);
+        assert!(scopes(&claims(json!({"scope": 5}))).is_empty());
+    }
+
+    #[test]
+    fn claims_become_header_values_when_plain() {
+        assert_eq!(claim_value(&json!("acme")), Some(HeaderValue::from_static("acme")));
+        assert_eq!(claim_value(&json!(42)), Some(HeaderValue::from_static("42")));
+        assert_eq!(claim_value(&json!(true)), Some(HeaderValue::from_static("true")));
+        assert_eq!(claim_value(&json!({"a": 1})), None);
+        assert_eq!(claim_value(&json!("a\nb")), None);
+    }
+
+    #[test]
+    fn a_grant_holds_all_required_scopes() {
+        let g =
+            Grant { client: 0, issuer: 0, exp: 1, scopes: vec!["a".into(), "b".into()].into(), headers: Box::new([]) };
+        assert!(g.holds(&[]) && g.holds(&["a".into(), "b".into()]));
+        assert!(!g.holds(&["a".into(), "c".into()]));
+    }
+}
