@@ -183,6 +183,36 @@ mod tests {
         assert_eq!(claim_value(&json!("a\nb")), None);
     }
 
+    /// A verifier with one HS256 issuer and client `billing`, and a signer for it.
+    fn hs_verifier() -> (Verifier, impl Fn(Value) -> String) {
+        let secret = "s".repeat(32);
+        let text = "[upstreams.a]\nservers = [\"http://127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"a\"\n\
+                    [clients.billing]\nroutes = [\"*\"]\n\
+                    [[jwt]]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\"]\nsecret_env = \"S\"\n";
+        let env = crate::config::Env::from([("S".to_string(), secret.clone())]);
+        let config = crate::config::load_str(text, std::path::Path::new("k.toml"), &env).unwrap();
+        let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap();
+        let sign = move |c: Value| jsonwebtoken::encode(&jsonwebtoken::Header::default(), &c, &key).unwrap();
+        (Verifier::new(&config).unwrap(), sign)
+    }
+
+    #[test]
+    fn verified_tokens_are_cached_until_exp_and_failures_never() {
+        let (v, sign) = hs_verifier();
+        let now = crate::keys::unix_now();
+        let token = sign(json!({"iss": "i", "aud": "a", "sub": "billing", "exp": now + 60}));
+        assert_eq!(v.verify(&token, now).unwrap().client, 0);
+        assert_eq!(v.cache.len(), 1);
+        assert!(v.verify(&token, now).is_ok());
+        // Past its exp the entry is not used: the token is verified again (and refused).
+        assert!(v.cache.get(&token, now + 60).is_none());
+        let nobody = sign(json!({"iss": "i", "aud": "a", "sub": "nobody", "exp": now + 60}));
+        assert_eq!(v.verify(&nobody, now).unwrap_err(), Reject::Forbidden);
+        let wrong = sign(json!({"iss": "i", "aud": "b", "sub": "billing", "exp": now + 60}));
+        assert_eq!(v.verify(&wrong, now).unwrap_err(), Reject::InvalidToken { check: TokenCheck::Audience });
+        assert_eq!(v.cache.len(), 0, "refused tokens are not cached (the expired entry went too)");
+    }
+
     #[test]
     fn a_grant_holds_all_required_scopes() {
         let g =
