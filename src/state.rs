@@ -123,7 +123,7 @@ impl Snapshot {
             None => Vec::new(),
         };
         Ok(Snapshot {
-            jwt: crate::jwt::Verifier::new(&config),
+            jwt: crate::jwt::Verifier::new(&config, previous.and_then(|p| p.jwt.as_ref())),
             key_header_values,
             router: Router::new(&config.routes),
             route_names: config.routes.iter().map(|r| Name::new(&r.name)).collect(),

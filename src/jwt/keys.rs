@@ -53,6 +53,27 @@ impl KeySet {
         Ok(KeySet { keys })
     }
 
+    /// The usable public keys of a fetched JWKS document: keys keygate
+    /// cannot use (encryption keys, secrets, unknown types) are skipped, as
+    /// identity providers publish them beside signing keys.
+    pub fn from_jwks_lenient(json: &[u8]) -> Result<KeySet, String> {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            keys: Vec<serde_json::Value>,
+        }
+        let doc: Doc = serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let keys: Vec<BoundKey> = doc
+            .keys
+            .into_iter()
+            .filter(|v| v.get("use").is_none_or(|u| u == "sig"))
+            .filter_map(|v| bound(&serde_json::from_value(v).ok()?).ok())
+            .collect();
+        match keys.is_empty() {
+            true => Err("the JWKS document holds no usable signing key".into()),
+            false => Ok(KeySet { keys }),
+        }
+    }
+
     /// An HMAC secret (HS256/384/512), at least [`MIN_SECRET`] bytes.
     pub fn from_secret(secret: &[u8]) -> Result<KeySet, String> {
         if secret.len() < MIN_SECRET {

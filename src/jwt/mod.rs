@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod keys;
+pub mod remote;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -46,13 +47,31 @@ pub struct Issuer {
     pub config: JwtIssuer,
     /// A `Validation` per allowed algorithm, made once.
     rules: Vec<(Algorithm, Validation)>,
-    keys: Arc<KeySet>,
+    pub keys: Keys,
+}
+
+/// Where an issuer's keys are held.
+#[derive(Debug, Clone)]
+pub enum Keys {
+    Fixed(Arc<KeySet>),
+    Remote(Arc<remote::Remote>),
 }
 
 impl Issuer {
     /// The keys held now.
     pub fn keys(&self) -> Arc<KeySet> {
-        self.keys.clone()
+        match &self.keys {
+            Keys::Fixed(set) => set.clone(),
+            Keys::Remote(r) => r.keys(),
+        }
+    }
+
+    /// The fetched keys' state, for a `jwks_url` issuer.
+    pub fn remote(&self) -> Option<&Arc<remote::Remote>> {
+        match &self.keys {
+            Keys::Fixed(_) => None,
+            Keys::Remote(r) => Some(r),
+        }
     }
 }
 
@@ -67,12 +86,13 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// The verifier of a configuration; `None` without `[[jwt]]`.
-    pub fn new(config: &Config) -> Option<Verifier> {
+    /// The verifier of a configuration; `None` without `[[jwt]]`. Fetched
+    /// key sets of `previous` are kept for the same URL.
+    pub fn new(config: &Config, previous: Option<&Verifier>) -> Option<Verifier> {
         if config.jwt.is_empty() {
             return None;
         }
-        let issuers = config.jwt.iter().map(issuer).collect();
+        let issuers = config.jwt.iter().map(|j| issuer(j, previous)).collect();
         let clients = config
             .clients
             .iter()
@@ -102,6 +122,12 @@ impl Verifier {
         let index = self.issuers.iter().position(|i| i.config.issuer == iss).ok_or(TokenCheck::Issuer)?;
         let issuer = self.issuers.get(index).ok_or(TokenCheck::Issuer)?;
         let keys = issuer.keys();
+        // Before the first fetch the fetcher is retrying anyway: no refetch is asked for.
+        if let (Some(remote), Some(kid)) = (issuer.remote(), head.kid.as_deref()) {
+            if remote.ready() && !keys.has(kid) {
+                remote.unknown_kid();
+            }
+        }
         let claims = verify::check(token, &head, &issuer.config, &issuer.rules, &keys, now)?;
         Ok((index, claims))
     }
@@ -120,19 +146,52 @@ impl Verifier {
         Some(Grant { client, issuer, exp, scopes: scopes(claims).into(), headers })
     }
 
+    /// Whether every `jwks_url` issuer holds keys (`/readyz`).
+    pub fn ready(&self) -> bool {
+        self.issuers.iter().filter_map(Issuer::remote).all(|r| r.ready())
+    }
+
     /// `jwt:<issuer>` for issuer `index`: what the access log names.
     pub fn log_name(&self, index: u32) -> Option<crate::metrics::Name> {
         self.log_names.get(index as usize).cloned()
     }
 }
 
-fn issuer(config: &JwtIssuer) -> Issuer {
+fn issuer(config: &JwtIssuer, previous: Option<&Verifier>) -> Issuer {
     let rules = config.algorithms.iter().map(|a| (*a, verify::validation(config, *a))).collect();
     let keys = match &config.keys {
-        JwtKeys::Fixed(set) => set.clone(),
-        JwtKeys::Url { .. } => Arc::new(KeySet::default()),
+        JwtKeys::Fixed(set) => Keys::Fixed(set.clone()),
+        JwtKeys::Url { url, refresh, ca } => {
+            let same = |r: &&Arc<remote::Remote>| r.url == *url && r.refresh == *refresh && r.ca == *ca;
+            let kept = previous.and_then(|p| p.issuers.iter().filter_map(Issuer::remote).find(same).cloned());
+            Keys::Remote(kept.unwrap_or_else(|| Arc::new(remote::Remote::new(url.clone(), *refresh, ca.clone()))))
+        }
     };
     Issuer { config: config.clone(), rules, keys }
+}
+
+/// Run the fetchers of the current snapshot's `jwks_url` issuers, replaced
+/// when a reload swaps the snapshot (their keys live on in the issuers kept).
+pub async fn fetchers(shared: Arc<crate::state::Shared>, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut seen = std::sync::Weak::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let snap = shared.snapshot.load_full();
+        if std::ptr::eq(seen.as_ptr(), Arc::as_ptr(&snap)) {
+            continue;
+        }
+        seen = Arc::downgrade(&snap);
+        tasks.shutdown().await;
+        for remote in snap.jwt.iter().flat_map(|j| &j.issuers).filter_map(Issuer::remote) {
+            tasks.spawn(remote.clone().run());
+        }
+    }
 }
 
 /// Scopes from a `scope` string (space-separated) or an `scp` list (or string).
@@ -193,7 +252,7 @@ mod tests {
         let config = crate::config::load_str(text, std::path::Path::new("k.toml"), &env).unwrap();
         let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap();
         let sign = move |c: Value| jsonwebtoken::encode(&jsonwebtoken::Header::default(), &c, &key).unwrap();
-        (Verifier::new(&config).unwrap(), sign)
+        (Verifier::new(&config, None).unwrap(), sign)
     }
 
     #[test]
