@@ -62,6 +62,20 @@ pub enum TokenCheck {
 }
 
 impl TokenCheck {
+    /// The check's name as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            TokenCheck::Malformed => "malformed",
+            TokenCheck::Signature => "signature",
+            TokenCheck::Algorithm => "algorithm",
+            TokenCheck::Issuer => "issuer",
+            TokenCheck::Audience => "audience",
+            TokenCheck::Expired => "expired",
+            TokenCheck::NotYetValid => "not_yet_valid",
+            TokenCheck::Lifetime => "lifetime",
+        }
+    }
+
     /// The refusal's message.
     pub fn message(self) -> &'static str {
         match self {

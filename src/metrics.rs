@@ -97,6 +97,8 @@ pub struct Metrics {
     pub upstream_ejections: Family<EjectionLabels, Counter>,
     /// The shared limiter store (Redis).
     pub limiter: LimiterMetrics,
+    /// Bearer tokens.
+    pub jwt: jwt::JwtMetrics,
 }
 
 /// Holds a gauge one higher for as long as it lives.
@@ -152,6 +154,7 @@ impl Metrics {
             none: Name::new("-"),
             upstream_server_up: Family::default(),
             upstream_ejections: Family::default(),
+            jwt: jwt::JwtMetrics::default(),
         };
         registry.register("requests", "Requests by client, route and status", m.requests.clone());
         registry.register(
@@ -191,6 +194,7 @@ impl Metrics {
             m.upstream_ejections.clone(),
         );
         m.limiter.register(&mut registry);
+        m.jwt.register(&mut registry);
         let build = Family::<BuildLabels, Gauge<i64, AtomicI64>>::default();
         build.get_or_create(&BuildLabels::default()).set(1);
         registry.register("build_info", "The keygate version and commit running (always 1)", build);
@@ -313,4 +317,5 @@ impl Default for BuildLabels {
 }
 
 pub mod classic;
+pub mod jwt;
 pub mod process;

@@ -275,6 +275,7 @@ impl Shared {
         metrics.register_throttle(&throttle);
         let metrics = Arc::new(metrics);
         snapshot.publish_key_metrics(&metrics);
+        snapshot.jwt.iter().for_each(|j| j.publish(&metrics.jwt));
         crate::upstream::report::publish_metrics(&snapshot.upstreams, None, &metrics);
         snapshot.redis.iter().for_each(|link| link.set_metrics(&metrics.limiter));
         Shared {
@@ -299,6 +300,7 @@ impl Shared {
             self.metrics.key_last_used.remove(&gone);
         }
         next.publish_key_metrics(&self.metrics);
+        next.jwt.iter().for_each(|j| j.publish(&self.metrics.jwt));
         crate::upstream::report::publish_metrics(&next.upstreams, Some(&current.upstreams), &self.metrics);
         next.redis.iter().for_each(|link| link.set_metrics(&self.metrics.limiter));
         let next = Arc::new(next);

@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use super::file::{FileConfig, JwtToml, Str};
 use super::validate::{duration, parse_duration, readable, Checker};
-use super::{Config, Env, NamePattern};
+use super::{Config, Env, NamePattern, Origin};
 use crate::jwt::keys::KeySet;
 
 /// One trusted token issuer.
@@ -55,7 +55,48 @@ pub(super) fn issuers(c: &mut Checker<'_>, file: &FileConfig, env: &Env) -> Vec<
         }
         out.extend(issuer(c, t, &field, env));
     }
+    if let Some(t) = from_env(c, env) {
+        if file.jwt.iter().any(|f| f.issuer.get_ref() == t.issuer.get_ref()) {
+            c.push(Origin::Env(ISSUER_VAR.into()), "", "a [[jwt]] in the file has this issuer");
+        }
+        let mut detached = Checker::detached();
+        out.extend(issuer(&mut detached, &t, "KEYGATE_JWT", env));
+        c.problems.append(&mut detached.problems);
+        c.warnings.append(&mut detached.warnings);
+    }
     out
+}
+
+const ISSUER_VAR: &str = "KEYGATE_JWT_ISSUER";
+
+/// One issuer from `KEYGATE_JWT_*` (a sidecar configured by environment only).
+fn from_env(c: &mut Checker<'_>, env: &Env) -> Option<JwtToml> {
+    let var = |name: &str| env.get(&format!("KEYGATE_JWT_{name}")).filter(|v| !v.is_empty());
+    let text = |name: &str| var(name).map(|v| Spanned::new(0..0, v.clone()));
+    let list = |name: &str| {
+        var(name).map(|v| Spanned::new(0..0, v.split(',').map(|s| Spanned::new(0..0, s.trim().to_string())).collect()))
+    };
+    let Some(issuer) = text("ISSUER") else {
+        let names = ["AUDIENCES", "ALGORITHMS", "JWKS_URL", "JWKS_FILE", "SECRET_ENV"];
+        if let Some(set) = names.iter().find(|n| var(n).is_some()) {
+            c.push(Origin::Env(format!("KEYGATE_JWT_{set}")), "", format!("needs {ISSUER_VAR}"));
+        }
+        return None;
+    };
+    Some(JwtToml {
+        issuer,
+        audiences: list("AUDIENCES"),
+        algorithms: list("ALGORITHMS"),
+        jwks_file: text("JWKS_FILE"),
+        jwks_url: text("JWKS_URL"),
+        jwks_refresh: None,
+        secret_env: text("SECRET_ENV"),
+        client_claim: None,
+        leeway: None,
+        max_lifetime: None,
+        headers: None,
+        tls: None,
+    })
 }
 
 /// One `[[jwt]]` table (also what `KEYGATE_JWT_*` variables describe).

@@ -24,6 +24,12 @@ pub(super) struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
+    /// A checker for values from no file (the environment): no positions,
+    /// paths relative to the working directory.
+    pub(super) fn detached() -> Checker<'static> {
+        Checker { src: None, problems: Vec::new(), warnings: Vec::new() }
+    }
+
     fn origin(&self, span: Range<usize>) -> Origin {
         self.src.map_or(Origin::None, |s| s.origin(span))
     }

@@ -17,6 +17,8 @@ use serde_json::Value;
 
 use crate::config::{Config, JwtIssuer, JwtKeys};
 use crate::error::{Reject, TokenCheck};
+use crate::metrics::jwt::{IssuerLabels, JwtMetrics, VerificationLabels};
+use crate::metrics::Name;
 use keys::KeySet;
 use verify::Claims;
 
@@ -83,6 +85,8 @@ pub struct Verifier {
     cache: cache::Cache,
     /// `jwt:<issuer>` per issuer: the access log's credential field.
     log_names: Vec<crate::metrics::Name>,
+    /// Set once the snapshot is published.
+    metrics: std::sync::OnceLock<JwtMetrics>,
 }
 
 impl Verifier {
@@ -100,7 +104,7 @@ impl Verifier {
             .map(|(i, c)| (c.id.clone(), u32::try_from(i).unwrap_or(u32::MAX)))
             .collect();
         let log_names = config.jwt.iter().map(|j| crate::metrics::Name::new(&format!("jwt:{}", j.issuer))).collect();
-        Some(Verifier { issuers, clients, cache: cache::Cache::default(), log_names })
+        Some(Verifier { issuers, clients, cache: cache::Cache::default(), log_names, metrics: Default::default() })
     }
 
     /// The grant of a token: from the cache, else verified and cached.
@@ -109,10 +113,37 @@ impl Verifier {
         if let Some(grant) = self.cache.get(token, now) {
             return Ok(grant);
         }
-        let (index, claims) = self.check(token, now).map_err(|check| Reject::InvalidToken { check })?;
-        let grant = Arc::new(self.grant(index, &claims).ok_or(Reject::Forbidden)?);
+        let checked = self.check(token, now);
+        let granted = checked.as_ref().ok().map(|(index, claims)| self.grant(*index, claims));
+        self.count(&checked, granted.as_ref().is_some_and(Option::is_some));
+        checked.map_err(|check| Reject::InvalidToken { check })?;
+        let grant = Arc::new(granted.flatten().ok_or(Reject::Forbidden)?);
         self.cache.insert(token, grant.clone(), now);
         Ok(grant)
+    }
+
+    /// Count one verification (once published): by configured issuer and result.
+    fn count(&self, checked: &Result<(usize, Claims), TokenCheck>, granted: bool) {
+        let Some(m) = self.metrics.get() else { return };
+        let (index, result) = match checked {
+            Ok((i, _)) => (Some(*i), if granted { "ok" } else { "forbidden" }),
+            Err(check) => (None, check.label()),
+        };
+        let issuer = index.and_then(|i| self.issuers.get(i)).map_or("-", |i| i.config.issuer.as_str());
+        m.verifications.get_or_create(&VerificationLabels { issuer: Name::new(issuer), result }).inc();
+    }
+
+    /// Export the keys held per issuer, now and (for `jwks_url`) after each fetch.
+    pub fn publish(&self, metrics: &JwtMetrics) {
+        let _ = self.metrics.set(metrics.clone());
+        for issuer in &self.issuers {
+            let labels = IssuerLabels { issuer: Name::new(&issuer.config.issuer) };
+            let keys = metrics.keys.get_or_create(&labels).clone();
+            keys.set(i64::try_from(issuer.keys().keys.len()).unwrap_or(i64::MAX));
+            if let Some(remote) = issuer.remote() {
+                remote.publish(keys, metrics.refreshed.get_or_create(&labels).clone());
+            }
+        }
     }
 
     /// Verify a token: the index of its issuer and its claims, or the check that failed.
@@ -144,6 +175,11 @@ impl Verifier {
             .collect();
         let issuer = u32::try_from(index).unwrap_or(u32::MAX);
         Some(Grant { client, issuer, exp, scopes: scopes(claims).into(), headers })
+    }
+
+    /// The id of client `index`.
+    pub fn client_name(&self, index: u32) -> Option<&str> {
+        self.clients.iter().find(|(_, i)| **i == index).map(|(name, _)| name.as_str())
     }
 
     /// Whether every `jwks_url` issuer holds keys (`/readyz`).

@@ -11,6 +11,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 use super::keys::KeySet;
@@ -43,6 +44,8 @@ pub struct Remote {
     /// `clock_ms` of the last fetch (0: none).
     last_fetch: AtomicU64,
     wake: Notify,
+    /// Keys held and last success time, once published.
+    gauges: std::sync::OnceLock<(Gauge<i64, AtomicI64>, Gauge<i64, AtomicI64>)>,
 }
 
 impl Remote {
@@ -59,6 +62,7 @@ impl Remote {
             last_kid_refetch: AtomicU64::new(0),
             last_fetch: AtomicU64::new(0),
             wake: Notify::new(),
+            gauges: std::sync::OnceLock::new(),
         }
     }
 
@@ -112,6 +116,17 @@ impl Remote {
         }
     }
 
+    /// Export the keys held and the last success through these gauges.
+    pub fn publish(&self, keys: Gauge<i64, AtomicI64>, refreshed: Gauge<i64, AtomicI64>) {
+        refreshed.set(self.last_success.load(Ordering::Relaxed));
+        let _ = self.gauges.set((keys, refreshed));
+    }
+
+    /// Fetch once now (for `keygate jwt`); whether keys are held.
+    pub async fn fetch_now(&self) -> bool {
+        self.refresh_once().await
+    }
+
     /// One fetch: the new keys swapped in, or the old ones kept (and the
     /// outage logged once, when it starts).
     async fn refresh_once(&self) -> bool {
@@ -122,7 +137,12 @@ impl Remote {
             Ok(set) => {
                 let keys = set.keys.len();
                 self.keys.store(Arc::new(set));
-                self.last_success.store(crate::keys::unix_now(), Ordering::Relaxed);
+                let now = crate::keys::unix_now();
+                self.last_success.store(now, Ordering::Relaxed);
+                if let Some((held, refreshed)) = self.gauges.get() {
+                    held.set(i64::try_from(keys).unwrap_or(i64::MAX));
+                    refreshed.set(now);
+                }
                 if !self.ready.swap(true, Ordering::AcqRel) || self.failures.load(Ordering::Relaxed) > 0 {
                     tracing::info!(target: "keygate::audit", host, keys, "JWKS fetched");
                 }
