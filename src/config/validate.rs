@@ -702,7 +702,8 @@ fn final_checks(c: &mut Checker<'_>, config: &Config) {
                 "needs listen.tls.client_ca: subjects come from verified client certificates",
             );
         }
-        if client.keys.is_empty() && c.problems.is_empty() {
+        // A client without keys may still be named by tokens.
+        if client.keys.is_empty() && c.problems.is_empty() && config.jwt.is_empty() {
             c.warnings.push(Problem {
                 origin: Origin::None,
                 field: format!("clients.{}.keys", client.id),
