@@ -37,11 +37,16 @@ fn verification(c: &mut Criterion) {
         (jwks::Signer::ec("e"), jwks::Signer::rsa("r"), jwks::Signer::ed("d"), jwks::Signer::hmac(SECRET.as_bytes()));
     let v = verifier(&[&es, &rs, &ed], dir.path());
     let now = keygate::keys::unix_now();
-    for (name, signer, iss) in [("ES256", &es, "pk"), ("RS256", &rs, "pk"), ("EdDSA", &ed, "pk"), ("HS256", &hs, "hs")] {
+    for (name, signer, iss) in [("ES256", &es, "pk"), ("RS256", &rs, "pk"), ("EdDSA", &ed, "pk"), ("HS256", &hs, "hs")]
+    {
         let token = signer.sign(&jwks::claims(iss, "api", "billing", 3600));
         assert!(v.verify(&token, now).is_ok(), "{name}");
-        c.bench_function(&format!("jwt/{name}/cold"), |b| b.iter(|| black_box(v.check(black_box(&token), now)).is_ok()));
-        c.bench_function(&format!("jwt/{name}/cached"), |b| b.iter(|| black_box(v.verify(black_box(&token), now)).is_ok()));
+        c.bench_function(&format!("jwt/{name}/cold"), |b| {
+            b.iter(|| black_box(v.check(black_box(&token), now)).is_ok())
+        });
+        c.bench_function(&format!("jwt/{name}/cached"), |b| {
+            b.iter(|| black_box(v.verify(black_box(&token), now)).is_ok())
+        });
     }
 }
 

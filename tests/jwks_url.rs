@@ -104,3 +104,40 @@ async fn a_failed_fetch_keeps_the_last_good_keys() {
     assert_eq!(readyz(kg.admin.unwrap()).await, Some(200), "readiness survives an outage after the first fetch");
     kg.stop().await;
 }
+
+#[tokio::test]
+async fn https_is_verified_against_the_tables_ca() {
+    let up = Upstream::start().await;
+    let a = Signer::ec("a");
+    let dir = tempdir();
+    let ca = support::tls::Ca::new("jwks test CA");
+    let (cert, key) = ca.server().write(dir.path(), "jwks");
+    let server = JwksServer::start_tls(&jwks(&[&a]), &cert, &key).await;
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    // Trusting the CA: keys fetched. Without it (system roots): never ready.
+    for (tls, want) in [(format!("tls = {{ ca = \"{}\" }}\n", ca_path.display()), 200), (String::new(), 401)] {
+        let jwt = format!(
+            "[admin]\naddress = \"127.0.0.1:0\"\n\n[[jwt]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\n\
+             algorithms = [\"ES256\"]\njwks_url = \"{}\"\n{tls}",
+            server.url()
+        );
+        let kg = Keygate::start(&basic_config(up.addr, KEY, &jwt)).await;
+        if want == 200 {
+            assert!(until(&kg, &a, 200).await, "keys fetched over https with the table's CA");
+        } else {
+            let failed = || {
+                let snap = kg.handle.as_ref().unwrap().shared.snapshot.load();
+                snap.jwt.as_ref().unwrap().issuers[0]
+                    .remote()
+                    .unwrap()
+                    .failures
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    > 0
+            };
+            assert!(eventually(Duration::from_secs(10), failed).await, "no fetch attempted");
+            assert_eq!(status(&kg, &a).await, 401);
+            assert_eq!(readyz(kg.admin.unwrap()).await, Some(503));
+        }
+        kg.stop().await;
+    }
+}

@@ -320,3 +320,36 @@ async fn the_log_names_issuer_and_client_and_never_the_token_even_at_trace() {
         }
     }
 }
+
+#[tokio::test]
+async fn explain_agrees_with_live_requests_on_tokens() {
+    let up = Upstream::start().await;
+    let k = keys();
+    let (kg, _dir) = start(&up, &k, "").await;
+    let scoped =
+        k.ec.sign(&json!({"iss": ISS, "aud": AUD, "sub": "billing", "exp": now() + 300, "scope": "orders:read"}));
+    let unscoped = k.ec.sign(&claims(ISS, AUD, "billing", 300));
+    let expired = k.ec.sign(&claims(ISS, AUD, "billing", -3600));
+    let snap = kg.handle.as_ref().unwrap().shared.snapshot.load_full();
+    for (token, path, status, code) in [
+        (&scoped, "/orders/1", 200, None),
+        (&unscoped, "/orders/1", 403, Some("insufficient_scope")),
+        (&unscoped, "/x", 200, None),
+        (&expired, "/x", 401, Some("invalid_token")),
+    ] {
+        let live = get(&kg.url(path), &[("authorization", &bearer(token))]).await;
+        let req = http::Request::get(path).header("host", "localhost").header("authorization", bearer(token));
+        let req = req.body(()).unwrap();
+        let report =
+            keygate::cli::explain::explain(&snap, &req.into_parts().0, keygate::cli::explain::Caller::Credentials);
+        assert_eq!((live.status.as_u16(), report.status, report.code), (status, status, code), "{path}");
+        if status == 200 {
+            assert!(
+                report.lines.iter().any(|l| l.contains("token (jwt:https://auth.test) of client billing")),
+                "{:?}",
+                report.lines
+            );
+        }
+    }
+    kg.stop().await;
+}

@@ -117,41 +117,53 @@ pub struct JwksServer {
     pub doc: Arc<Mutex<String>>,
     pub fetches: Arc<AtomicUsize>,
     pub down: Arc<AtomicBool>,
+    pub tls: bool,
 }
 
 impl JwksServer {
+    /// Over plain HTTP.
     pub async fn start(doc: &str, down: bool) -> JwksServer {
-        use http_body_util::Full;
-        use hyper::service::service_fn;
+        JwksServer::start_with(doc, down, None).await
+    }
+
+    /// Over HTTPS with the certificate and key PEM files (SNI `localhost`).
+    pub async fn start_tls(doc: &str, cert: &std::path::Path, key: &std::path::Path) -> JwksServer {
+        use rustls::pki_types::pem::PemObject;
+        let chain =
+            rustls::pki_types::CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(keygate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        JwksServer::start_with(doc, false, Some(acceptor)).await
+    }
+
+    async fn start_with(doc: &str, down: bool, tls: Option<tokio_rustls::TlsAcceptor>) -> JwksServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = JwksServer {
             addr: listener.local_addr().unwrap(),
             doc: Arc::new(Mutex::new(doc.to_string())),
             fetches: Arc::default(),
             down: Arc::new(AtomicBool::new(down)),
+            tls: tls.is_some(),
         };
         let state = server.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let state = state.clone();
+                let (state, tls) = (state.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-                        let state = state.clone();
-                        async move {
-                            let (status, body) = match state.down.load(Ordering::SeqCst) {
-                                true => (503, String::new()),
-                                false => {
-                                    state.fetches.fetch_add(1, Ordering::SeqCst);
-                                    (200, state.doc.lock().unwrap().clone())
-                                }
-                            };
-                            let mut res = http::Response::new(Full::new(bytes::Bytes::from(body)));
-                            *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, std::convert::Infallible>(res)
+                    match tls {
+                        None => serve(tcp, state).await,
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                serve(stream, state).await;
+                            }
                         }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(tcp);
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                    }
                 });
             }
         });
@@ -159,7 +171,10 @@ impl JwksServer {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/jwks.json", self.addr)
+        match self.tls {
+            true => format!("https://localhost:{}/jwks.json", self.addr.port()),
+            false => format!("http://{}/jwks.json", self.addr),
+        }
     }
 
     pub fn set(&self, doc: &str) {
@@ -169,4 +184,30 @@ impl JwksServer {
     pub fn fetches(&self) -> usize {
         self.fetches.load(Ordering::SeqCst)
     }
+}
+
+/// Answer one connection: the document, or 503 while `down`.
+async fn serve<I>(io: I, state: JwksServer)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    let service = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+        let state = state.clone();
+        async move {
+            let (status, body) = match state.down.load(Ordering::SeqCst) {
+                true => (503, String::new()),
+                false => {
+                    state.fetches.fetch_add(1, Ordering::SeqCst);
+                    (200, state.doc.lock().unwrap().clone())
+                }
+            };
+            let mut res = http::Response::new(Full::new(bytes::Bytes::from(body)));
+            *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            Ok::<_, std::convert::Infallible>(res)
+        }
+    });
+    let _ =
+        hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), service).await;
 }
