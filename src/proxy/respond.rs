@@ -130,6 +130,8 @@ mod tests {
             Reject::Overloaded,
             Reject::RateLimited { retry_after: 3 },
             Reject::TooManyFailures { retry_after: 3 },
+            Reject::InvalidToken { check: crate::error::TokenCheck::NotYetValid },
+            Reject::InsufficientScope { route: 0 },
         ] {
             let (_, code, message) = reject.parts();
             let want = serde_json::json!({"error": code, "message": message, "request_id": "0a1b-00000001"});
