@@ -17,7 +17,10 @@
 
 import argparse
 import asyncio
+import base64
 import hashlib
+import hmac
+import json
 import os
 import signal
 import socket
@@ -64,11 +67,34 @@ def cmd_gen(args):
     with open(os.path.join(d, "clients.toml"), "w") as f:
         for i, k in enumerate(valid, 1):
             f.write(_client_table("c%04d" % i, [_sha(k)]))
+    _token_material(d)
     per = args.big_keys // args.clients
     with open(os.path.join(d, "clients-100k.toml"), "w") as f:
         for i in range(1, args.clients + 1):
             hashes = [_sha(str(uuid.uuid4())) for _ in range(per)]
             f.write(_client_table("c%04d" % i, hashes))
+
+
+def _b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _token_material(d):
+    """An HS256 issuer for keygate (jwt.toml, its secret in jwt.secret) and
+    one token for client c0001, valid for a day (token.txt)."""
+    secret = _b64url(os.urandom(32))
+    with open(os.path.join(d, "jwt.secret"), "w") as f:
+        f.write(secret)
+    with open(os.path.join(d, "jwt.toml"), "w") as f:
+        f.write('[[jwt]]\nissuer = "bench"\naudiences = ["bench"]\nalgorithms = ["HS256"]\n'
+                'secret_env = "BENCH_JWT_SECRET"\n')
+    now = int(time.time())
+    head = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = _b64url(json.dumps({"iss": "bench", "aud": "bench", "sub": "c0001", "iat": now,
+                               "exp": now + 86400}).encode())
+    sig = hmac.new(secret.encode(), ("%s.%s" % (head, body)).encode(), hashlib.sha256).digest()
+    with open(os.path.join(d, "token.txt"), "w") as f:
+        f.write("%s.%s.%s\n" % (head, body, _b64url(sig)))
 
 
 def cmd_percentiles(args):

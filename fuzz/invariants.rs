@@ -71,6 +71,7 @@ pub fn check_headers(data: &[u8]) {
         raw_authorization: pick & 4 != 0,
         credential_header: None,
         challenge: HeaderValue::from_static("Bearer realm=\"keygate\""),
+        tokens: pick & 8 != 0,
     };
     let mut lines = rest.split(|b| *b == b'\n');
     let query = lines.next().and_then(|q| std::str::from_utf8(q).ok()).filter(|q| !q.is_empty());
@@ -90,8 +91,11 @@ fn check_sanitize(mut map: HeaderMap, query: Option<&str>, auth: &Auth) {
     let presented = auth::extract(&map, query, auth).ok();
     let (key, copies) = match presented {
         Some(p) => {
-            let Credential::Key { value, .. } = p.credential;
-            (Some(value.into_owned()), p.copies)
+            let value = match p.credential {
+                Credential::Key { value, .. } => value.into_owned(),
+                Credential::Token { value } => value.as_bytes().to_vec(),
+            };
+            (Some(value), p.copies)
         }
         None => (None, Copies::default()),
     };

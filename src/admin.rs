@@ -58,6 +58,8 @@ async fn answer(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         }
         "/readyz" => {
             let ready = shared.ready.load(Ordering::Acquire) && !shared.draining.load(Ordering::Acquire);
+            // Until each `jwks_url` issuer holds keys, its tokens are refused.
+            let ready = ready && shared.snapshot.load().jwt.as_ref().is_none_or(|j| j.ready());
             match ready {
                 true => text(StatusCode::OK, "ready\n".into()),
                 false => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),

@@ -83,7 +83,8 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         tasks.spawn(admin::serve(l, shared.clone(), stopped(admin_rx)));
     }
     tasks.spawn(prune_throttle(shared.clone(), stopped(rx.clone())));
-    tasks.spawn(health_checks(shared.clone(), stopped(rx)));
+    tasks.spawn(health_checks(shared.clone(), stopped(rx.clone())));
+    tasks.spawn(crate::jwt::fetchers(shared.clone(), stopped(rx)));
     shared.ready.store(true, Ordering::Release);
     Ok(Handle { addr, admin: admin_addr, shared, stop, tasks })
 }

@@ -38,6 +38,57 @@ pub enum Reject {
     },
     // Internal: the shared limiter store failed and `on_error = "deny"`.
     LimiterUnavailable,
+    // Downstream: a Bearer token failed this check.
+    InvalidToken {
+        check: TokenCheck,
+    },
+    // Downstream: a token caller lacks a scope of the route (by index).
+    InsufficientScope {
+        route: u32,
+    },
+}
+
+/// The token check that failed, named in the 401's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    Malformed,
+    Signature,
+    Algorithm,
+    Issuer,
+    Audience,
+    Expired,
+    NotYetValid,
+    Lifetime,
+}
+
+impl TokenCheck {
+    /// The check's name as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            TokenCheck::Malformed => "malformed",
+            TokenCheck::Signature => "signature",
+            TokenCheck::Algorithm => "algorithm",
+            TokenCheck::Issuer => "issuer",
+            TokenCheck::Audience => "audience",
+            TokenCheck::Expired => "expired",
+            TokenCheck::NotYetValid => "not_yet_valid",
+            TokenCheck::Lifetime => "lifetime",
+        }
+    }
+
+    /// The refusal's message.
+    pub fn message(self) -> &'static str {
+        match self {
+            TokenCheck::Malformed => "Invalid token: malformed",
+            TokenCheck::Signature => "Invalid token: signature",
+            TokenCheck::Algorithm => "Invalid token: algorithm",
+            TokenCheck::Issuer => "Invalid token: issuer",
+            TokenCheck::Audience => "Invalid token: audience",
+            TokenCheck::Expired => "Invalid token: expired",
+            TokenCheck::NotYetValid => "Invalid token: not yet valid",
+            TokenCheck::Lifetime => "Invalid token: lifetime",
+        }
+    }
 }
 
 impl Reject {
@@ -74,6 +125,10 @@ impl Reject {
             LimiterUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "limiter_unavailable", "Rate limiter unavailable; try again")
             }
+            InvalidToken { check } => (StatusCode::UNAUTHORIZED, "invalid_token", check.message()),
+            InsufficientScope { .. } => {
+                (StatusCode::FORBIDDEN, "insufficient_scope", "The token lacks a scope this route requires")
+            }
         }
     }
 
@@ -90,8 +145,8 @@ impl Reject {
         const RESOURCE_EXHAUSTED: u8 = 8;
         const DEADLINE_EXCEEDED: u8 = 4;
         match self {
-            MissingKey | InvalidKey => UNAUTHENTICATED,
-            Forbidden => PERMISSION_DENIED,
+            MissingKey | InvalidKey | InvalidToken { .. } => UNAUTHENTICATED,
+            Forbidden | InsufficientScope { .. } => PERMISSION_DENIED,
             NoRoute | MethodNotAllowed { .. } => UNIMPLEMENTED,
             RateLimited { .. } | TooManyFailures { .. } | QuotaExceeded { .. } | TooManyTunnels => RESOURCE_EXHAUSTED,
             PayloadTooLarge => RESOURCE_EXHAUSTED,

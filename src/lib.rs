@@ -13,9 +13,10 @@
 //! 4. take the client address (PROXY header, `X-Forwarded-For` from trusted proxies) — [`server::proxy_protocol`], [`proxy::client_addr`]
 //! 5. find the credential, where it came from and every copy of it (header, `Authorization`, query) — [`proxy::auth`]
 //! 6. look the key's SHA-256 digest up; check its validity window — [`proxy::auth`], [`keys`];
+//!    or verify a Bearer token (cached) and take the client it names — [`jwt`];
 //!    a failure is 401, or 429 once its address has failed too often — [`proxy::throttle`]
 //! 7. find the route (path prefix, method, host) — [`proxy::route`]
-//! 8. check the client may call it — [`state::ClientState::may_call`]
+//! 8. check the client may call it — [`state::ClientState::may_call`]; a token must hold the route's `scopes`
 //! 9. take one request from the client's budget (rate and quota; local or Redis), and a slot under the in-flight caps — [`limit`], [`proxy::in_flight`]
 //! 10. strip every copy of the key and hop-by-hop headers, apply the route's header rules, set identity and `X-Forwarded-*` — [`proxy::headers`]
 //! 11. stream the request to a usable server of the upstream (failing over when it never reached one) and the response back — [`proxy::forward`], [`upstream`] (HTTP/1 [`upstream::pool`], HTTP/2 [`upstream::http2`]), [`body`]
@@ -34,6 +35,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod jwt;
 pub mod keys;
 pub mod limit;
 pub mod metrics;

@@ -76,6 +76,11 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Read a token on standard input: its header, claims and verdict against the configuration.
+    #[command(
+        after_help = "Example:\n  keygate jwt -c keygate.toml < token.txt   # exit 0 valid, 1 invalid, 2 configuration error"
+    )]
+    Jwt(cli::jwt::Args),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +95,7 @@ fn main() -> ExitCode {
         Command::Routes { config, format } => cli::routes::run(config, format),
         Command::Demo => cli::demo::run(),
         Command::Healthcheck { url, config } => cli::healthcheck::run(url.as_deref(), config),
+        Command::Jwt(a) => cli::jwt::run(a),
     };
     ExitCode::from(code)
 }

@@ -102,6 +102,8 @@ pub struct Metrics {
     /// HTTP/2 connections open to each upstream server, and streams on them.
     pub upstream_connections: Family<ServerLabels, Gauge<i64, AtomicI64>>,
     pub upstream_streams: Family<ServerLabels, Gauge<i64, AtomicI64>>,
+    /// Bearer tokens.
+    pub jwt: jwt::JwtMetrics,
 }
 
 /// Labels of a finished gRPC call: `grpc_status` is `-` when the response
@@ -169,6 +171,7 @@ impl Metrics {
             grpc_requests: Family::default(),
             upstream_connections: Family::default(),
             upstream_streams: Family::default(),
+            jwt: jwt::JwtMetrics::default(),
         };
         registry.register("requests", "Requests by client, route and status", m.requests.clone());
         registry.register(
@@ -215,6 +218,7 @@ impl Metrics {
             m.upstream_connections.clone(),
         );
         registry.register("upstream_streams", "HTTP/2 streams open to an upstream server", m.upstream_streams.clone());
+        m.jwt.register(&mut registry);
         let build = Family::<BuildLabels, Gauge<i64, AtomicI64>>::default();
         build.get_or_create(&BuildLabels::default()).set(1);
         registry.register("build_info", "The keygate version and commit running (always 1)", build);
@@ -337,4 +341,5 @@ impl Default for BuildLabels {
 }
 
 pub mod classic;
+pub mod jwt;
 pub mod process;

@@ -32,6 +32,7 @@ use hyper::body::Incoming;
 use crate::access_log::Record;
 use crate::body::{RequestBody, ResponseBody};
 use crate::error::Reject;
+use crate::jwt::Grant;
 use crate::keys::KeyEntry;
 use crate::limit::Decision;
 use crate::state::{ClientState, Shared, Snapshot};
@@ -146,6 +147,7 @@ pub async fn handle(
             }
             let mut response = respond::reject(reject, &record.request_id, limit.as_ref(), &snap.config.auth);
             respond::allow(&mut response, reject, &snap.router);
+            respond::scope(&mut response, reject, &snap.router);
             response
         }
     };
@@ -200,11 +202,14 @@ async fn run(
             record.peer = (conn.trusted || conn.peer != conn.remote).then_some(conn.peer);
         }
         Step::Head { .. } => {}
-        Step::Identified { client, entry, copies } => {
+        Step::Identified { client, entry, copies, grant } => {
             record.client = Some(client.id.clone());
             if logging {
-                // The fingerprint is for the log line only (metrics count by client).
-                record.key = snap.key_names.get(entry.index as usize).cloned();
+                // The fingerprint (or a token's issuer) is for the log line only.
+                record.key = match grant {
+                    Some(g) => snap.jwt.as_ref().and_then(|j| j.log_name(g.issuer)),
+                    None => snap.key_names.get(entry.index as usize).cloned(),
+                };
             }
             if let Some(gauge) = snap.key_last_used.get().and_then(|g| g.get(entry.index as usize)) {
                 gauge.set(now);
@@ -217,7 +222,7 @@ async fn run(
         }
         Step::Route { index } => record.route = snap.route_names.get(index).cloned(),
     });
-    let Decided { host, path, client, entry, copies, route: route_index } = decided.map_err(plain)?;
+    let Decided { host, path, client, entry, copies, route: route_index, grant } = decided.map_err(plain)?;
     let query = query.flatten();
     let decision = client.limiter.check().await;
     if let Some(reject) = decision.reject() {
@@ -237,7 +242,7 @@ async fn run(
     let pq = path_and_query(&parts, forwarded, query.as_deref()).map_err(with_limit)?;
     parts.uri = forward::upstream_uri(pq);
     let credential = snap.key_header_values.get(entry.index as usize);
-    let caller = Caller { client, credential, copies };
+    let caller = Caller { client, credential, copies, grant: grant.as_deref() };
     // Only HTTP/2 upstreams get `te: trailers` back (read before stripping).
     let trailers = upstream.http2 && grpc::asks_trailers(&parts.headers);
     prepare_headers(&mut parts, snap, &caller, route, conn, host.as_ref(), &record.request_id);
@@ -258,8 +263,8 @@ async fn run(
 pub enum Step<'a> {
     /// Framing, host and path are acceptable; `host` is the name routes match.
     Head { host: Option<&'a str>, path: &'a str },
-    /// The credential names this client, by this key.
-    Identified { client: &'a ClientState, entry: KeyEntry, copies: auth::Copies },
+    /// The credential names this client, by this key (or this token's grant).
+    Identified { client: &'a ClientState, entry: KeyEntry, copies: auth::Copies, grant: Option<&'a Grant> },
     /// This route matches path, method and host.
     Route { index: usize },
 }
@@ -274,7 +279,13 @@ pub struct Decided<'p, 's> {
     pub entry: KeyEntry,
     pub copies: auth::Copies,
     pub route: usize,
+    /// What a token granted, when the credential was a token.
+    pub grant: Option<Arc<Grant>>,
 }
+
+/// Identification's answer: the client, its key (a token's stand-in has
+/// index `u32::MAX`), the credential's copies, and a token's grant.
+pub type Identity<'s> = (&'s ClientState, KeyEntry, auth::Copies, Option<Arc<Grant>>);
 
 /// The proxy's decision on a request head up to the rate limit: framing,
 /// host, path, credential and key (`identify`), route, permission. `note`
@@ -283,7 +294,7 @@ pub struct Decided<'p, 's> {
 pub fn decide<'p, 's>(
     parts: &'p Parts,
     snap: &'s Snapshot,
-    identify: impl FnOnce(&Parts) -> Result<(&'s ClientState, KeyEntry, auth::Copies), Reject>,
+    identify: impl FnOnce(&Parts) -> Result<Identity<'s>, Reject>,
     mut note: impl FnMut(Step<'_>),
 ) -> Result<Decided<'p, 's>, Reject> {
     let listen = &snap.config.listen;
@@ -293,14 +304,24 @@ pub fn decide<'p, 's>(
     let host_name = host.as_ref().map(host::route_name).transpose()?;
     let path = path::normalize(parts.uri.path()).map_err(|_| Reject::BadRequest)?;
     note(Step::Head { host: host_name.as_deref(), path: &path });
-    let (client, entry, copies) = identify(parts)?;
-    note(Step::Identified { client, entry, copies });
+    let (client, entry, copies, grant) = identify(parts)?;
+    note(Step::Identified { client, entry, copies, grant: grant.as_deref() });
     let route = snap.router.find(&path, &parts.method, host_name.as_deref())?;
     note(Step::Route { index: route });
     if !client.may_call(route) {
         return Err(Reject::Forbidden);
     }
-    Ok(Decided { host, path, client, entry, copies, route })
+    scopes(grant.as_deref(), snap, route)?;
+    Ok(Decided { host, path, client, entry, copies, route, grant })
+}
+
+/// Route `scopes` bind token callers: the token must hold all of them.
+fn scopes(grant: Option<&Grant>, snap: &Snapshot, route: usize) -> Result<(), Reject> {
+    let (Some(grant), Some(r)) = (grant, snap.router.get(route)) else { return Ok(()) };
+    match grant.holds(&r.scopes) {
+        true => Ok(()),
+        false => Err(Reject::InsufficientScope { route: u32::try_from(route).unwrap_or(u32::MAX) }),
+    }
 }
 
 /// A failed authentication: 401 and one failure counted, or 429 when the
@@ -337,6 +358,7 @@ fn open_tunnel(
         client: client.id.clone(),
         key: match &presented.credential {
             auth::Credential::Key { value, .. } => crate::keys::digest(value),
+            auth::Credential::Token { value } => crate::keys::digest(value.as_bytes()),
         },
         route: route.clone(),
         subject: conn.subject.clone(),
@@ -360,19 +382,35 @@ fn count_failure(shared: &Shared, reason: &'static str) {
 
 /// The credential step, then identification: the client, its key, and the
 /// copies of the credential to strip before forwarding.
-pub fn authenticate<'s>(
-    parts: &Parts,
-    snap: &'s Snapshot,
-    conn: &ConnInfo,
-    now: i64,
-) -> Result<(&'s ClientState, crate::keys::KeyEntry, auth::Copies), Reject> {
+pub fn authenticate<'s>(parts: &Parts, snap: &'s Snapshot, conn: &ConnInfo, now: i64) -> Result<Identity<'s>, Reject> {
     let presented = auth::extract(&parts.headers, parts.uri.query(), &snap.config.auth)?;
-    let entry = auth::identify(&snap.keys, &presented.credential, now)?;
+    let (entry, grant) = identify(snap, presented.credential, now)?;
     let client = snap.clients.get(entry.client as usize).ok_or(Reject::InvalidKey)?;
     if !subject_allowed(client, conn) {
         return Err(Reject::InvalidKey);
     }
-    Ok((client, entry, presented.copies))
+    Ok((client, entry, presented.copies, grant))
+}
+
+/// Identification: a key's entry, or a verified token's stand-in and grant.
+pub fn identify(
+    snap: &Snapshot,
+    credential: auth::Credential<'_>,
+    now: i64,
+) -> Result<(KeyEntry, Option<Arc<Grant>>), Reject> {
+    match credential {
+        auth::Credential::Token { value } => token(snap, value, now),
+        key => Ok((auth::identify(&snap.keys, &key, now)?, None)),
+    }
+}
+
+/// A verified token stands in for a key of the client it names (an entry
+/// with no key index, valid until the token's `exp`).
+fn token(snap: &Snapshot, value: &str, now: i64) -> Result<(KeyEntry, Option<Arc<Grant>>), Reject> {
+    let verifier = snap.jwt.as_ref().ok_or(Reject::InvalidKey)?;
+    let grant = verifier.verify(value, now)?;
+    let entry = KeyEntry { client: grant.client, index: u32::MAX, not_before: None, expires: Some(grant.exp) };
+    Ok((entry, Some(grant)))
 }
 
 /// A client bound to certificate subjects must present one of them.
@@ -425,6 +463,8 @@ struct Caller<'s> {
     /// The credential's label for `auth.credential_header`, when set.
     credential: Option<&'s HeaderValue>,
     copies: auth::Copies,
+    /// A token's grant: its claims are copied onto the request.
+    grant: Option<&'s Grant>,
 }
 
 /// Strip (keygate's rules, then the route's `remove`), set the route's `set`
@@ -460,6 +500,10 @@ fn prepare_headers(
         credential: caller.credential,
     };
     headers::set_forwarded(&mut parts.headers, &owned, forwarded);
+    // The caller's own copies went with the route's `remove` rules.
+    for (name, value) in caller.grant.iter().flat_map(|g| g.headers.iter()) {
+        parts.headers.insert(name.clone(), value.clone());
+    }
     if let Some(host) = host {
         parts.headers.insert(header::HOST, host.clone());
     }

@@ -67,6 +67,8 @@ pub struct Snapshot {
     pub key_header_values: Vec<HeaderValue>,
     /// The connection to Redis, when `[redis]` is configured.
     pub redis: Option<Arc<Link>>,
+    /// Token verification, when `[[jwt]]` is configured.
+    pub jwt: Option<crate::jwt::Verifier>,
 }
 
 impl Snapshot {
@@ -121,6 +123,7 @@ impl Snapshot {
             None => Vec::new(),
         };
         Ok(Snapshot {
+            jwt: crate::jwt::Verifier::new(&config, previous.and_then(|p| p.jwt.as_ref())),
             key_header_values,
             router: Router::new(&config.routes),
             route_names: config.routes.iter().map(|r| Name::new(&r.name)).collect(),
@@ -272,6 +275,7 @@ impl Shared {
         metrics.register_throttle(&throttle);
         let metrics = Arc::new(metrics);
         snapshot.publish_key_metrics(&metrics);
+        snapshot.jwt.iter().for_each(|j| j.publish(&metrics.jwt));
         crate::upstream::report::publish_metrics(&snapshot.upstreams, None, &metrics);
         snapshot.redis.iter().for_each(|link| link.set_metrics(&metrics.limiter));
         Shared {
@@ -296,6 +300,7 @@ impl Shared {
             self.metrics.key_last_used.remove(&gone);
         }
         next.publish_key_metrics(&self.metrics);
+        next.jwt.iter().for_each(|j| j.publish(&self.metrics.jwt));
         crate::upstream::report::publish_metrics(&next.upstreams, Some(&current.upstreams), &self.metrics);
         next.redis.iter().for_each(|link| link.set_metrics(&self.metrics.limiter));
         let next = Arc::new(next);

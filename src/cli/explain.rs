@@ -11,8 +11,8 @@ use http::{HeaderName, HeaderValue, Method, Request, Uri};
 
 use crate::error::Reject;
 use crate::keys::KeyEntry;
-use crate::proxy::{self, auth, Step};
-use crate::state::{ClientState, Snapshot};
+use crate::proxy::{self, auth, Identity, Step};
+use crate::state::Snapshot;
 
 /// `keygate explain` arguments.
 #[derive(Debug, clap::Args)]
@@ -166,23 +166,19 @@ pub fn explain(snap: &Snapshot, parts: &Parts, caller: Caller<'_>) -> Report {
     Report { lines, status, code }
 }
 
-fn by_id<'s>(snap: &'s Snapshot, id: &str) -> Result<(&'s ClientState, KeyEntry, auth::Copies), Reject> {
+fn by_id<'s>(snap: &'s Snapshot, id: &str) -> Result<Identity<'s>, Reject> {
     let index = snap.clients.iter().position(|c| &*c.id.0 == id).ok_or(Reject::InvalidKey)?;
     let client = snap.clients.get(index).ok_or(Reject::InvalidKey)?;
     let client_index = u32::try_from(index).map_err(|_| Reject::InvalidKey)?;
     let entry = KeyEntry { client: client_index, index: u32::MAX, not_before: None, expires: None };
-    Ok((client, entry, auth::Copies::default()))
+    Ok((client, entry, auth::Copies::default(), None))
 }
 
-fn credentials<'s>(
-    snap: &'s Snapshot,
-    parts: &Parts,
-    now: i64,
-) -> Result<(&'s ClientState, KeyEntry, auth::Copies), Reject> {
+fn credentials<'s>(snap: &'s Snapshot, parts: &Parts, now: i64) -> Result<Identity<'s>, Reject> {
     let presented = auth::extract(&parts.headers, parts.uri.query(), &snap.config.auth)?;
-    let entry = auth::identify(&snap.keys, &presented.credential, now)?;
+    let (entry, grant) = crate::proxy::identify(snap, presented.credential, now)?;
     let client = snap.clients.get(entry.client as usize).ok_or(Reject::InvalidKey)?;
-    Ok((client, entry, presented.copies))
+    Ok((client, entry, presented.copies, grant))
 }
 
 fn describe(snap: &Snapshot, step: Step<'_>) -> String {
@@ -191,6 +187,10 @@ fn describe(snap: &Snapshot, step: Step<'_>) -> String {
             "head        ok: framing and headers; host {}; normalised path {path}",
             host.map_or("(none)".into(), |h| format!("{h:?}"))
         ),
+        Step::Identified { client, grant: Some(g), .. } => {
+            let issuer = snap.jwt.as_ref().and_then(|j| j.log_name(g.issuer)).map_or("jwt".into(), |n| n.0);
+            format!("credential  token ({issuer}) of client {}; scopes [{}]", client.id.0, g.scopes.join(" "))
+        }
         Step::Identified { client, entry, .. } => match snap.key_names.get(entry.index as usize) {
             Some(key) => format!("credential  key {} of client {}", key.0, client.id.0),
             None => format!("credential  client {} (given with --client)", client.id.0),
@@ -220,7 +220,11 @@ fn refusal(reject: Reject, snap: &Snapshot) -> String {
             let allowed = snap.router.allow(allow).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             return format!("the route's prefix does not take this method (Allow: {allowed})");
         }
-        Reject::Forbidden => "the client may not call this route",
+        Reject::Forbidden => "the client may not call this route (or a valid token names no client)",
+        Reject::InsufficientScope { route } => {
+            let scopes = snap.router.get(route as usize).map(|r| r.scopes.join(" ")).unwrap_or_default();
+            return format!("the token lacks a scope of the route (requires: {scopes})");
+        }
         other => other.parts().2,
     };
     detail.to_string()

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod explain;
 pub mod hash;
 pub mod healthcheck;
+pub mod jwt;
 pub mod keygen;
 pub mod routes;
 

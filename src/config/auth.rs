@@ -53,6 +53,7 @@ pub(super) fn auth(c: &mut Checker<'_>, t: &file::AuthToml) -> Auth {
         raw_authorization,
         credential_header,
         challenge,
+        tokens: false,
     }
 }
 

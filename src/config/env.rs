@@ -50,6 +50,12 @@ const KNOWN: &[&str] = &[
     "KEYGATE_PROXY_PROTOCOL",
     "KEYGATE_SHUTDOWN_GRACE",
     "KEYGATE_REDIS_URL",
+    "KEYGATE_JWT_ISSUER",
+    "KEYGATE_JWT_AUDIENCES",
+    "KEYGATE_JWT_ALGORITHMS",
+    "KEYGATE_JWT_JWKS_URL",
+    "KEYGATE_JWT_JWKS_FILE",
+    "KEYGATE_JWT_SECRET_ENV",
 ];
 
 /// Variables keygate reads by prefix, followed by a client id.
@@ -143,6 +149,7 @@ fn upstream(c: &mut Checker<'_>, config: &mut Config, env: &Env) {
         max_body: None,
         request_headers: super::HeaderRules::default(),
         strip_segments: 0,
+        scopes: Vec::new(),
     });
 }
 

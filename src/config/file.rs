@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub clients: BTreeMap<String, ClientToml>,
     pub request_headers: Option<HeaderRulesToml>,
     pub redis: Option<RedisToml>,
+    #[serde(default)]
+    pub jwt: Vec<JwtToml>,
 }
 
 /// `[listen]`: the proxy listener and its connection limits.
@@ -130,6 +132,8 @@ pub struct RouteToml {
     pub request_headers: Option<HeaderRulesToml>,
     /// Forward the path without the route's prefix.
     pub strip_prefix: Option<Spanned<bool>>,
+    /// Scopes a token caller must hold (all of them).
+    pub scopes: Option<Vec<Str>>,
 }
 
 /// `[request_headers]`, or a route's `request_headers`: headers removed and set.
@@ -196,4 +200,22 @@ pub struct RedisToml {
 pub struct QuotaToml {
     pub requests: Spanned<i64>,
     pub per: Str,
+}
+
+/// `[[jwt]]`: one trusted token issuer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtToml {
+    pub issuer: Str,
+    pub audiences: Option<Spanned<Vec<Str>>>,
+    pub algorithms: Option<Spanned<Vec<Str>>>,
+    pub jwks_file: Option<Str>,
+    pub jwks_url: Option<Str>,
+    pub jwks_refresh: Option<Str>,
+    pub secret_env: Option<Str>,
+    pub client_claim: Option<Str>,
+    pub leeway: Option<Str>,
+    pub max_lifetime: Option<Str>,
+    pub headers: Option<BTreeMap<Str, Str>>,
+    pub tls: Option<UpstreamTlsToml>,
 }

@@ -9,6 +9,7 @@ mod auth;
 pub mod env;
 pub mod error;
 pub mod file;
+mod jwt;
 mod limits;
 pub mod suggest;
 mod validate;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 
 pub use error::{ConfigError, Origin, Problem};
+pub use jwt::{JwtIssuer, JwtKeys};
 pub use validate::parse_duration;
 
 /// The environment as seen at load time (a snapshot, so tests can pass their own).
@@ -46,6 +48,8 @@ pub struct Config {
     pub warnings: Vec<Problem>,
     /// Where rates and quotas are counted.
     pub limits: Limits,
+    /// `[[jwt]]`: the trusted token issuers.
+    pub jwt: Vec<JwtIssuer>,
 }
 
 impl Config {
@@ -117,6 +121,8 @@ pub struct Auth {
     pub credential_header: Option<HeaderName>,
     /// The `WWW-Authenticate` value of a 401, made once from the schemes and `realm`.
     pub challenge: HeaderValue,
+    /// A `[[jwt]]` is configured: JWT-shaped Bearer values are tokens.
+    pub tokens: bool,
 }
 
 /// A client's rate: `per_second` on average, `burst` back to back.
@@ -210,6 +216,8 @@ pub struct Route {
     /// Path segments removed before forwarding (`strip_prefix = true`: those
     /// of [`Route::path`]); 0 forwards the path as asked.
     pub strip_segments: usize,
+    /// Scopes a token caller must hold (all of them); empty: none.
+    pub scopes: Vec<String>,
 }
 
 /// Rules for the headers of forwarded requests: applied after keygate's own

@@ -24,6 +24,12 @@ pub(super) struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
+    /// A checker for values from no file (the environment): no positions,
+    /// paths relative to the working directory.
+    pub(super) fn detached() -> Checker<'static> {
+        Checker { src: None, problems: Vec::new(), warnings: Vec::new() }
+    }
+
     fn origin(&self, span: Range<usize>) -> Origin {
         self.src.map_or(Origin::None, |s| s.origin(span))
     }
@@ -45,7 +51,7 @@ impl<'a> Checker<'a> {
     }
 
     /// A path in the file, relative to the file's folder.
-    fn file_path(&self, value: &str) -> PathBuf {
+    pub(super) fn file_path(&self, value: &str) -> PathBuf {
         let base = self.src.and_then(|s| s.path.parent());
         resolve_path(base, value)
     }
@@ -83,9 +89,11 @@ pub(super) fn validate(file: FileConfig, src: Option<&Source<'_>>, env_vars: &En
         clients,
         warnings: Vec::new(),
         limits: super::limits::limits(&mut c, &file, env_vars),
+        jwt: super::jwt::issuers(&mut c, &file, env_vars),
     };
     env::apply(&mut c, &mut config, env_vars, default_rate);
     super::auth::route_rules(&mut c, &mut config, &file);
+    super::jwt::finish(&mut c, &mut config, &file);
     final_checks(&mut c, &config);
     super::limits::final_checks(&mut c, &config, &file);
     config.warnings = std::mem::take(&mut c.warnings);
@@ -203,7 +211,7 @@ fn socket_addr(c: &mut Checker<'_>, v: &Str, field: &str) -> Option<SocketAddr> 
 }
 
 /// A file path that must be readable now.
-fn readable(c: &mut Checker<'_>, v: &Str, field: &str) -> PathBuf {
+pub(super) fn readable(c: &mut Checker<'_>, v: &Str, field: &str) -> PathBuf {
     let path = c.file_path(v.get_ref());
     if let Err(e) = std::fs::File::open(&path) {
         c.error(v.span(), field, format!("cannot read {}: {e}", path.display()));
@@ -224,7 +232,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// timer's resolution, longer is a mistake (and would overflow a deadline).
 pub const DURATION_RANGE: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(24 * 3600);
 
-fn duration(c: &mut Checker<'_>, v: &Option<Str>, field: &str, default: Duration) -> Duration {
+pub(super) fn duration(c: &mut Checker<'_>, v: &Option<Str>, field: &str, default: Duration) -> Duration {
     let Some(v) = v else { return default };
     match parse_duration(v.get_ref()) {
         Ok(d) if DURATION_RANGE.contains(&d) => d,
@@ -375,6 +383,7 @@ fn routes(c: &mut Checker<'_>, t: &[file::RouteToml], upstreams: &[Upstream]) ->
             max_body: r.max_body.as_ref().and_then(|m| size(c, m, &format!("{field}.max_body"))),
             request_headers: super::HeaderRules::default(),
             strip_segments,
+            scopes: Vec::new(),
         });
     }
     out
@@ -694,7 +703,8 @@ fn final_checks(c: &mut Checker<'_>, config: &Config) {
                 "needs listen.tls.client_ca: subjects come from verified client certificates",
             );
         }
-        if client.keys.is_empty() && c.problems.is_empty() {
+        // A client without keys may still be named by tokens.
+        if client.keys.is_empty() && c.problems.is_empty() && config.jwt.is_empty() {
             c.warnings.push(Problem {
                 origin: Origin::None,
                 field: format!("clients.{}.keys", client.id),

@@ -29,6 +29,8 @@ pub enum Source {
 pub enum Credential<'a> {
     /// An API key and where it was found.
     Key { value: Cow<'a, [u8]>, source: Source },
+    /// A Bearer token shaped like a JWT (read only when `[[jwt]]` is configured).
+    Token { value: &'a str },
 }
 
 /// The copies of the credential in the request, to be removed before
@@ -57,6 +59,14 @@ pub fn extract<'a>(headers: &'a HeaderMap, query: Option<&'a str>, auth: &Auth) 
         (Some(name), Some(query)) => scan_query(query, name),
         _ => Params::default(),
     };
+    if let Some(token) = auth.tokens.then(|| bearer_token(headers, auth)).transpose()?.flatten() {
+        // A key beside a token: which one speaks for the caller is unclear.
+        if from_header(headers, auth)?.is_some() || params.count > 0 {
+            return Err(Reject::BadRequest);
+        }
+        let copies = Copies { authorization: authorization_copies(headers, token.as_bytes()), query: false };
+        return Ok(Presented { credential: Credential::Token { value: token }, copies });
+    }
     let (value, source) = match from_header(headers, auth)? {
         Some(key) => (Cow::Borrowed(key), Source::Header),
         None => match from_authorization(headers, auth)? {
@@ -73,6 +83,29 @@ pub fn extract<'a>(headers: &'a HeaderMap, query: Option<&'a str>, auth: &Auth) 
     }
     let copies = Copies { authorization: authorization_copies(headers, &value), query: params.count > 0 };
     Ok(Presented { credential: Credential::Key { value, source }, copies })
+}
+
+/// The one `Authorization: Bearer` value shaped like a JWT. A second
+/// credential in `Authorization` beside it (a key or a token) is a 400.
+fn bearer_token<'a>(headers: &'a HeaderMap, auth: &Auth) -> Result<Option<&'a str>, Reject> {
+    let (mut token, mut others) = (None, 0);
+    for value in headers.get_all(header::AUTHORIZATION) {
+        match split_authorization(value.as_bytes()) {
+            (Some(scheme), cred)
+                if scheme.eq_ignore_ascii_case(b"bearer") && crate::jwt::verify::looks_like_jwt(cred) =>
+            {
+                if token.replace(cred).is_some() {
+                    return Err(Reject::BadRequest);
+                }
+            }
+            _ => others += usize::from(accepted(value.as_bytes(), auth).is_some_and(|k| !k.is_empty())),
+        }
+    }
+    match token {
+        Some(_) if others > 0 => Err(Reject::BadRequest),
+        Some(t) => Ok(std::str::from_utf8(t).ok()),
+        None => Ok(None),
+    }
 }
 
 /// The key header's value; two of them are refused.
@@ -234,7 +267,7 @@ fn hex_val(b: &u8) -> Option<u8> {
 /// Look a credential up: unknown, corrupt, expired and not-yet-valid keys
 /// all give the same answer.
 pub fn identify(table: &KeyTable, credential: &Credential<'_>, now: i64) -> Result<KeyEntry, Reject> {
-    let Credential::Key { value, .. } = credential;
+    let Credential::Key { value, .. } = credential else { return Err(Reject::InvalidKey) };
     if keys::is_corrupt_token(value) {
         return Err(Reject::InvalidKey);
     }
@@ -259,6 +292,7 @@ mod tests {
             raw_authorization: false,
             credential_header: None,
             challenge: HeaderValue::from_static("Bearer realm=\"keygate\""),
+            tokens: false,
         }
     }
 
@@ -277,8 +311,10 @@ mod tests {
     /// The key, its source and the copies found, or the refusal.
     fn found(h: &HeaderMap, query: Option<&str>, a: &Auth) -> Result<(Vec<u8>, Source, Copies), Reject> {
         let p = extract(h, query, a)?;
-        let Credential::Key { value, source } = p.credential;
-        Ok((value.into_owned(), source, p.copies))
+        match p.credential {
+            Credential::Key { value, source } => Ok((value.into_owned(), source, p.copies)),
+            Credential::Token { .. } => Err(Reject::NoRoute),
+        }
     }
 
     fn key_and_source(h: &HeaderMap, query: Option<&str>, a: &Auth) -> Result<(Vec<u8>, Source), Reject> {

@@ -50,6 +50,9 @@ pub fn reject(
     if matches!(reject, Reject::MissingKey | Reject::InvalidKey) {
         h.insert(header::WWW_AUTHENTICATE, auth.challenge.clone());
     }
+    if let Reject::InvalidToken { .. } = reject {
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+    }
     if matches!(reject, Reject::BadRequest | Reject::HeadersTooLarge) {
         // An ambiguous request may have left the stream in an unknown state;
         // a client that sends oversized headers gets no second try on this one.
@@ -67,6 +70,16 @@ pub fn allow(response: &mut Response<ResponseBody>, reject: Reject, router: &Rou
         if let Some(value) = router.allow(allow) {
             response.headers_mut().insert(header::ALLOW, value.clone());
         }
+    }
+}
+
+/// `WWW-Authenticate` on a 403 `insufficient_scope`: the route's scopes.
+pub fn scope(response: &mut Response<ResponseBody>, reject: Reject, router: &Router) {
+    let Reject::InsufficientScope { route } = reject else { return };
+    let scopes = router.get(route as usize).map(|r| r.scopes.join(" ")).unwrap_or_default();
+    let value = format!("Bearer error=\"insufficient_scope\", scope=\"{scopes}\"");
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
     }
 }
 
@@ -117,6 +130,8 @@ mod tests {
             Reject::Overloaded,
             Reject::RateLimited { retry_after: 3 },
             Reject::TooManyFailures { retry_after: 3 },
+            Reject::InvalidToken { check: crate::error::TokenCheck::NotYetValid },
+            Reject::InsufficientScope { route: 0 },
         ] {
             let (_, code, message) = reject.parts();
             let want = serde_json::json!({"error": code, "message": message, "request_id": "0a1b-00000001"});

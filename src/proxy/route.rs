@@ -204,6 +204,7 @@ mod tests {
             max_body: None,
             request_headers: Default::default(),
             strip_segments: 0,
+            scopes: Vec::new(),
         }
     }
 

@@ -6,6 +6,7 @@ pub mod failover;
 pub mod flood;
 pub mod grpc;
 pub mod grpc_client;
+pub mod jwks;
 pub mod ops;
 #[path = "redis.rs"]
 pub mod redis_server;
