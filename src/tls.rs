@@ -1,4 +1,4 @@
-//! rustls configuration: one explicit crypto provider (ring), TLS 1.2 and
+//! rustls configuration: one explicit crypto provider (aws-lc-rs), TLS 1.2 and
 //! 1.3 with AEAD suites only, certificate loading and checking.
 
 use std::path::{Path, PathBuf};
@@ -39,9 +39,9 @@ fn at(field: &'static str) -> impl Fn(TlsError) -> TlsError {
     move |e| TlsError::Field { field, source: Box::new(e) }
 }
 
-/// The one crypto provider: ring, every suite of which is AEAD (GCM or ChaCha20-Poly1305).
+/// The one crypto provider: aws-lc-rs, every suite of which is AEAD (GCM or ChaCha20-Poly1305).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Every certificate in a PEM file.
@@ -97,7 +97,7 @@ pub fn server_config(
             config.session_storage = kept.session_storage.clone();
         }
         None => {
-            config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+            config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
             config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
         }
     }
