@@ -327,6 +327,32 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_sessions_only_without_client_certificates_before_and_after() {
+        let files =
+            |ca: Option<&str>| TlsFiles { cert: "c.pem".into(), key: "k.pem".into(), client_ca: ca.map(PathBuf::from) };
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("certificate");
+        let key = PrivateKeyDer::Pkcs8(issued.key_pair.serialize_der().into());
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![issued.cert.der().clone()], key)
+            .expect("config");
+        // (client_ca before the reload, after it, sessions kept)
+        let cases = [
+            (None, None, true),
+            (Some("ca.pem"), None, false),
+            (None, Some("ca.pem"), false),
+            (Some("ca.pem"), Some("ca.pem"), false),
+        ];
+        for (before, after, kept) in cases {
+            let previous = Some((&files(before), &config));
+            assert_eq!(sessions_from(&files(after), previous).is_some(), kept, "{before:?} -> {after:?}");
+        }
+        assert!(sessions_from(&files(None), None).is_none(), "no previous configuration");
+    }
+
+    #[test]
     fn one_subject_never_matches_two_distinct_patterns() {
         let subjects = [
             pairs(&[("CN", "a")]),
