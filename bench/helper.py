@@ -8,6 +8,7 @@
                                  keys.map      nginx `map` entries  "key" client;
                                  clients.toml  keygate [clients.*] tables (sha256 hashes)
                                  clients-100k.toml  100,000 keys across 1,000 clients
+                                 keys-100k.txt, keys-100k.map  their plain keys, nginx map
   percentiles FILE...          p50 and p99 (µs) of h2load --log-file files
   idle --port P [--tls] ...    open N keep-alive connections (one request each),
                                then print the summed VmRSS of --pids
@@ -69,10 +70,14 @@ def cmd_gen(args):
             f.write(_client_table("c%04d" % i, [_sha(k)]))
     _token_material(d)
     per = args.big_keys // args.clients
-    with open(os.path.join(d, "clients-100k.toml"), "w") as f:
+    with open(os.path.join(d, "clients-100k.toml"), "w") as f, \
+            open(os.path.join(d, "keys-100k.txt"), "w") as plain, \
+            open(os.path.join(d, "keys-100k.map"), "w") as nginx_map:
         for i in range(1, args.clients + 1):
-            hashes = [_sha(str(uuid.uuid4())) for _ in range(per)]
-            f.write(_client_table("c%04d" % i, hashes))
+            keys = [str(uuid.uuid4()) for _ in range(per)]
+            plain.write("".join(k + "\n" for k in keys))
+            nginx_map.write("".join('"%s" c%04d;\n' % (k, i) for k in keys))
+            f.write(_client_table("c%04d" % i, [_sha(k) for k in keys]))
 
 
 def _b64url(data):

@@ -14,7 +14,7 @@ RUNS=${BENCH_RUNS:-3}
 CONNS=${BENCH_CONNECTIONS:-50}
 THREADS=${BENCH_THREADS:-1}
 TARGETS=${BENCH_TARGETS:-direct nginx keygate}
-SCENARIOS=${BENCH_SCENARIOS:-plain-1key plain-1000keys plain-invalid plain-close tls-1key tls-h2 tls-close plain-token}
+SCENARIOS=${BENCH_SCENARIOS:-plain-1key plain-1000keys plain-invalid plain-close tls-1key tls-h2 tls-close tls-resumed plain-100kkeys plain-redis plain-redis-down plain-token}
 RESOURCES=${BENCH_RESOURCES:-1}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 BIG_KEYS=100000
@@ -33,12 +33,14 @@ die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
 # Warnings go to a file too, so those raised inside $(...) subshells are kept.
 warn() { printf '%s\n' "$*" >>"$TMP/warnings"; printf '[bench] WARNING: %s\n' "$*" >&2; }
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
+has_scenario() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- setup
 
 ensure_tools() {
     local -A pkg_of=([wrk]=wrk [nginx]=nginx [h2load]=nghttp2-client [openssl]=openssl
-                     [python3]=python3 [taskset]=util-linux [curl]=curl [pgrep]=procps)
+                     [python3]=python3 [taskset]=util-linux [curl]=curl [pgrep]=procps
+                     [redis-server]=redis-server)
     local missing=() cmd
     for cmd in "${!pkg_of[@]}"; do
         command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")
@@ -123,7 +125,7 @@ make_material() {
 
 alloc_ports() {
     local ports
-    mapfile -t ports < <("${HELPER[@]}" ports 7)
+    mapfile -t ports < <("${HELPER[@]}" ports 10)
     UP_PORT=${ports[0]}
     UP_TLS_PORT=${ports[1]}
     NGINX_PORT=${ports[2]}
@@ -131,6 +133,9 @@ alloc_ports() {
     KG_PORT=${ports[4]}
     KG_TLS_PORT=${ports[5]}
     KG_BIG_PORT=${ports[6]}
+    KG_100K_PORT=${ports[7]}
+    REDIS_PORT=${ports[8]}
+    KG_REDIS_PORT=${ports[9]}
 }
 
 render() { # template output
@@ -139,7 +144,7 @@ render() { # template output
         "$1" >"$2"
 }
 
-write_keygate_config() { # file port tls(0|1) clients-file
+write_keygate_config() { # file port tls(0|1) clients-file [extra-toml]
     {
         printf '[listen]\naddress = "127.0.0.1:%s"\nmax_connections = %d\n' "$2" $((IDLE_CONNS * 2))
         if [[ $3 == 1 ]]; then
@@ -147,6 +152,7 @@ write_keygate_config() { # file port tls(0|1) clients-file
         fi
         printf '\n[auth]\nmax_failures_per_minute = 1000000\n'
         printf '\n[rate_limit]\nper_second = 1000000\nburst = 1000000\n'
+        printf '%b' "${5:-}"
         printf '\n[upstreams.bench]\nservers = ["http://127.0.0.1:%s"]\n' "$UP_PORT"
         printf '\n[[routes]]\nname = "all"\npath = "/"\nupstream = "bench"\n\n'
         cat "$4"
@@ -239,9 +245,9 @@ start_nginx_proxy() {
     log "nginx proxy on :$NGINX_PORT (TLS :$NGINX_TLS_PORT), pids ${NGINX_PIDS[*]}"
 }
 
-start_keygate() { # name port tls(0|1) -> LAST_PID
+start_keygate() { # name port tls(0|1) [clients-file [extra-toml]] -> LAST_PID
     local name=$1 port=$2 tls=$3
-    write_keygate_config "$TMP/keygate/$name.toml" "$port" "$tls" "$TMP/clients.toml"
+    write_keygate_config "$TMP/keygate/$name.toml" "$port" "$tls" "${4:-$TMP/clients.toml}" "${5:-}"
     start_bg "$name" env KEYGATE_LOG=warn taskset -c "$PROXY_CPU" \
         "$KEYGATE_BIN" serve -c "$TMP/keygate/$name.toml"
     if ! (wait_port "$port" "$LAST_PID" "$name"); then
@@ -256,6 +262,27 @@ start_keygates() {
     start_keygate keygate-tls "$KG_TLS_PORT" 1
     KG_TLS_PID=$LAST_PID
     log "keygate on :$KG_PORT (pid $KG_PID), keygate TLS on :$KG_TLS_PORT (pid $KG_TLS_PID)"
+    if has_scenario plain-100kkeys; then
+        start_keygate keygate-100k "$KG_100K_PORT" 0 "$TMP/clients-100k.toml"
+        KG_100K_PID=$LAST_PID
+        log "keygate with $BIG_KEYS keys on :$KG_100K_PORT (pid $KG_100K_PID)"
+    fi
+    if has_scenario plain-redis || has_scenario plain-redis-down; then
+        start_redis
+        start_keygate keygate-redis "$KG_REDIS_PORT" 0 "$TMP/clients.toml" \
+            "store = \"redis\"\n\n[redis]\nurl = \"redis://127.0.0.1:$REDIS_PORT/0\"\n"
+        KG_REDIS_PID=$LAST_PID
+        log "keygate with the Redis store on :$KG_REDIS_PORT (pid $KG_REDIS_PID)"
+    fi
+}
+
+# Redis for the plain-redis rows, pinned with the upstream and the load, no persistence.
+start_redis() {
+    start_bg redis taskset -c "$LOAD_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+        --save '' --appendonly no
+    REDIS_PID=$LAST_PID
+    wait_port "$REDIS_PORT" "$REDIS_PID" redis-server
+    log "redis-server on :$REDIS_PORT (pid $REDIS_PID)"
 }
 
 # ---------------------------------------------------------------- checks
@@ -294,6 +321,17 @@ sanity_checks() {
     if has_target keygate; then
         expect "keygate valid token" 'client=c0001 key= 200 1.1' \
             -H "Authorization: Bearer $TOKEN1" "http://127.0.0.1:$KG_PORT/echo"
+    fi
+    if has_target keygate && has_scenario plain-100kkeys; then
+        expect "keygate 100,000th key" 'ok 200 1.1' -H "X-API-Key: $(tail -n 1 "$TMP/keys-100k.txt")" \
+            "http://127.0.0.1:$KG_100K_PORT/"
+    fi
+    if has_target nginx && has_scenario plain-100kkeys; then
+        expect "nginx 100,000th key" 'ok 200 1.1' -H "X-API-Key: $(tail -n 1 "$TMP/keys-100k.txt")" \
+            "http://127.0.0.1:$NGINX_PORT/"
+    fi
+    if has_target keygate && has_scenario plain-redis; then
+        expect "keygate with Redis" 'ok 200 1.1' -H "X-API-Key: $KEY1" "http://127.0.0.1:$KG_REDIS_PORT/"
     fi
 }
 
@@ -362,16 +400,22 @@ measure_resources() {
 
 # scenario_applies SCENARIO TARGET: the upstream alone does no key work, so its
 # baseline is run once per transport shape (the 1000-key and 401 rows reuse plain-1key).
+# The Redis rows compare keygate with itself (the local store's plain-1key row).
 scenario_applies() {
     # A token (one reused per connection, as real clients do) is keygate's alone.
     [[ $1 == *-token ]] && { [[ $2 == keygate ]]; return; }
+    [[ $1 == plain-redis* ]] && { [[ $2 == keygate ]]; return; }
     [[ $2 != direct ]] && return 0
-    [[ $1 != plain-1000keys && $1 != plain-invalid ]]
+    [[ $1 != plain-1000keys && $1 != plain-invalid && $1 != plain-100kkeys && $1 != tls-resumed ]]
 }
 
 target_url() { # scenario target
     local tls=0
     [[ $1 == tls-* ]] && tls=1
+    case $2:$1 in
+        keygate:plain-100kkeys) echo "http://127.0.0.1:$KG_100K_PORT/"; return ;;
+        keygate:plain-redis*) echo "http://127.0.0.1:$KG_REDIS_PORT/"; return ;;
+    esac
     case $2:$tls in
         direct:0) echo "http://127.0.0.1:$UP_PORT/" ;;
         direct:1) echo "https://127.0.0.1:$UP_TLS_PORT/" ;;
@@ -386,7 +430,12 @@ target_pids() { # scenario target
     case $2 in
         direct) echo "${UP_PIDS[*]}" ;;
         nginx) echo "${NGINX_PIDS[*]}" ;;
-        keygate) if [[ $1 == tls-* ]]; then echo "$KG_TLS_PID"; else echo "$KG_PID"; fi ;;
+        keygate) case $1 in
+                tls-*) echo "$KG_TLS_PID" ;;
+                plain-100kkeys) echo "$KG_100K_PID" ;;
+                plain-redis*) echo "$KG_REDIS_PID" ;;
+                *) echo "$KG_PID" ;;
+            esac ;;
     esac
 }
 
@@ -396,10 +445,11 @@ run_wrk() {
     local -a args=(-t "$THREADS" -c "$CONNS" -d "${DURATION}s" --timeout 5s -s "$BENCH_DIR/wrk.lua")
     local -a script_args=()
     case $sc in
-        *-1key) args+=(-H "X-API-Key: $KEY1") ;;
+        *-1key | plain-redis*) args+=(-H "X-API-Key: $KEY1") ;;
         *-token) args+=(-H "Authorization: Bearer $TOKEN1") ;;
         *-close) args+=(-H "X-API-Key: $KEY1" -H "Connection: close") ;;
         *-1000keys) script_args=(-- "$TMP/keys.txt") ;;
+        *-100kkeys) script_args=(-- "$TMP/keys-100k.txt") ;;
         *-invalid) script_args=(-- "$TMP/invalid.txt") ;;
     esac
     out=$(taskset -c "$LOAD_CPU" wrk "${args[@]}" "$url" "${script_args[@]}" 2>&1) || true
@@ -410,6 +460,26 @@ run_wrk() {
         if (expect_ok) err += v["status"]; else err += v["requests"] - v["status"]
         print v["requests"], v["duration_us"], v["p50_us"], v["p99_us"], err
     }' <<<"$out"
+}
+
+# run_s_time URL -> "requests duration_us 0 0 errors": openssl s_time -reuse, one
+# connection at a time, each resuming the first one's session (HTTP/1.0 GET / without
+# a key: the 401 and the close). It gives no latencies; a connection that did not
+# resume counts as an error.
+run_s_time() {
+    local hostport=${1#https://} out n secs reused
+    hostport=${hostport%/}
+    out=$(taskset -c "$LOAD_CPU" openssl s_time -connect "$hostport" -reuse -time "$DURATION" -www / 2>&1) || true
+    n=$(sed -n 's/^\([0-9]*\) connections in \([0-9.]*\)s;.*/\1/p' <<<"$out" | tail -n 1)
+    secs=$(sed -n 's/^[0-9]* connections in \([0-9]*\) real seconds.*/\1/p' <<<"$out" | tail -n 1)
+    # One character per connection: r = resumed.
+    reused=$(grep -E '^[r*t3]+$' <<<"$out" | tr -cd 'r' | wc -c)
+    if [[ -z $n || -z $secs ]] || ((n == 0)); then
+        warn "s_time $1 failed: $(tail -n 3 <<<"$out" | tr '\n' ' ')"
+        echo "0 1 0 0 1"
+        return 0
+    fi
+    echo "$n $((secs * 1000000)) 0 0 $((n > reused ? n - reused : 0))"
 }
 
 # run_h2load URL -> "requests duration_us p50 p99 errors"
@@ -442,8 +512,17 @@ run_one() {
     read -r -a pids <<<"$(target_pids "$sc" "$tg")"
     b0=$(core_busy "$PROXY_CPU")
     t0=$(cpu_ticks "${pids[@]}")
-    if [[ $sc == tls-h2 ]]; then res=$(run_h2load "$url"); else res=$(run_wrk "$sc" "$url"); fi
+    r0=$([[ $sc == plain-redis ]] && cpu_ticks "$REDIS_PID" || echo 0)
+    case $sc in
+        tls-h2) res=$(run_h2load "$url") ;;
+        tls-resumed) res=$(run_s_time "$url") ;;
+        *) res=$(run_wrk "$sc" "$url") ;;
+    esac
     t1=$(cpu_ticks "${pids[@]}")
+    if [[ $sc == plain-redis ]]; then # Redis's own CPU per request, reported beside the table
+        awk -v t="$(($(cpu_ticks "$REDIS_PID") - r0))" -v hz="$CLK_TCK" '$1 > 0 {printf "%.2f\n", t / hz * 1e6 / $1}' \
+            <<<"$res" >>"$TMP/res/redis-cpu"
+    fi
     b1=$(core_busy "$PROXY_CPU")
     # Anything else busy on the proxies' core skews their figures: note the worst run.
     if [[ $tg != direct ]]; then
@@ -459,9 +538,11 @@ run_one() {
         log "  $sc $tg: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu} CPU us/req, errors $err"
     }
     # The proxies must still answer as expected after the load (e.g. no 429 throttling).
-    if [[ $tg != direct && $sc == plain-invalid ]]; then
-        expect "$tg still 401 after $sc" '*"invalid_api_key"* 401 1.1' \
+    if [[ $tg != direct && ($sc == plain-invalid || $sc == tls-resumed) ]]; then
+        expect "$tg still 401 after $sc" '*"invalid_api_key"* 401 *' \
             -H "X-API-Key: $BAD1" "$url"
+    elif [[ $tg != direct && $sc == plain-100kkeys ]]; then
+        expect "$tg still 200 after $sc" 'ok 200 *' -H "X-API-Key: $(tail -n 1 "$TMP/keys-100k.txt")" "$url"
     elif [[ $tg != direct ]]; then
         expect "$tg still 200 after $sc" 'ok 200 *' -H "X-API-Key: $KEY1" "$url"
     fi
@@ -474,6 +555,12 @@ run_load() {
     done; done
     log "load: $n scenario/target pairs x $RUNS runs x ${DURATION}s (about $((n * RUNS * (DURATION + 1) / 60 + 1)) min)"
     for sc in $SCENARIOS; do
+        # The breaker-open row: Redis stopped, keygate falls back to its local store.
+        if [[ $sc == plain-redis-down && -n ${REDIS_PID:-} ]]; then
+            stop_pids "$REDIS_PID"
+            REDIS_PID=""
+            sleep 1
+        fi
         for ((r = 1; r <= RUNS; r++)); do
             for tg in $TARGETS; do
                 scenario_applies "$sc" "$tg" || continue
@@ -521,12 +608,26 @@ print_table() {
             printf "$fmt" "$sc" "$tg" "$rps" "$p50" "$p99" "$cpu" \
                 "$(awk -v c="$cpu" 'BEGIN {print (c > 0 ? sprintf("%.0f", 1e6 / c) : "-")}')" "$err"
         done
+        # The Redis rows: keygate against itself with the local store (plain-1key).
+        if [[ $sc == plain-redis* && -s $TMP/res/plain-1key.keygate ]]; then
+            row[nginx]="" row[local]=$(median_row "$TMP/res/plain-1key.keygate")
+            read -r -a ratio < <(awk -v a="${row[keygate]:-0 0 0 0 0}" -v b="${row[local]}" 'BEGIN {
+                split(a, x, " "); split(b, y, " ")
+                for (i = 1; i <= 4; i++) printf "%s ", (y[i] > 0 ? sprintf("%.2f", x[i] / y[i]) : "-")
+                printf "%s\n", (x[4] > 0 ? sprintf("%.2f", y[4] / x[4]) : "-")
+            }')
+            # shellcheck disable=SC2059
+            printf "$fmt" "$sc" "keygate/local" "${ratio[@]}" ''
+            row=()
+            continue
+        fi
         # The upstream alone: the same-transport keep-alive baseline where it was not run.
         base=$TMP/res/$sc.direct
         [[ -s $base ]] || base=$TMP/res/plain-1key.direct
         [[ -s $base ]] && row[direct]=$(median_row "$base")
         for tg in nginx direct; do
             [[ -n ${row[keygate]:-} && -n ${row[$tg]:-} ]] || continue
+            [[ $tg == direct && $sc == tls-resumed ]] && continue # no baseline of that shape
             read -r -a ratio < <(awk -v a="${row[keygate]}" -v b="${row[$tg]}" 'BEGIN {
                 split(a, x, " "); split(b, y, " ")
                 for (i = 1; i <= 4; i++) printf "%s ", (y[i] > 0 ? sprintf("%.2f", x[i] / y[i]) : "-")
@@ -541,7 +642,15 @@ print_table() {
     done
     printf '(req/CPU-s: on *-close rows every request is a new connection, so on tls-close it is TLS handshakes per CPU second.\n'
     printf ' CPU: utime+stime of the target process(es) only - nginx master+worker, keygate one process, direct = upstream nginx.\n'
-    printf ' keygate/direct*: the upstream alone does no key work; compared with its plain-1key row.)\n'
+    printf ' keygate/direct*: the upstream alone does no key work; compared with its plain-1key row.\n'
+    printf ' tls-resumed: openssl s_time -reuse, one connection at a time, HTTP/1.0 without a key (401), no latencies;\n'
+    printf '   errors = connections that did not resume. plain-100kkeys: keygate and nginx with 100,000 keys (1,000 clients).\n'
+    printf ' plain-redis: store = "redis", Redis on CPU %s; plain-redis-down: Redis stopped, breaker open, local fallback;\n' "$LOAD_CPU"
+    printf '   keygate/local: against keygate'"'"'s plain-1key row (the local store).)\n'
+    if [[ -s $TMP/res/redis-cpu ]]; then
+        printf 'Redis CPU us/request on plain-redis (median of %d runs): %s\n' "$(wc -l <"$TMP/res/redis-cpu")" \
+            "$(median <"$TMP/res/redis-cpu")"
+    fi
     if [[ $RESOURCES == 1 ]]; then
         printf '\n%-9s %-6s %12s %14s %14s %12s\n' target listen 'RSS idle KiB' \
             "RSS +${IDLE_CONNS}c KiB" 'still open' 'KiB/conn'

@@ -75,7 +75,8 @@ impl Snapshot {
     /// Build a snapshot; rate-limit state of clients whose rate is unchanged
     /// is carried over from `previous`.
     pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, TlsError> {
-        let tls = config.listen.tls.as_ref().map(tls::server_config).transpose()?;
+        let before_tls = previous.and_then(|p| Some((p.config.listen.tls.as_ref()?, p.tls.as_deref()?)));
+        let tls = config.listen.tls.as_ref().map(|files| tls::server_config(files, before_tls)).transpose()?;
         let upstreams = config
             .upstreams
             .iter()

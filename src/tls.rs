@@ -1,4 +1,4 @@
-//! rustls configuration: one explicit crypto provider (ring), TLS 1.2 and
+//! rustls configuration: one explicit crypto provider (aws-lc-rs), TLS 1.2 and
 //! 1.3 with AEAD suites only, certificate loading and checking.
 
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -39,9 +39,9 @@ fn at(field: &'static str) -> impl Fn(TlsError) -> TlsError {
     move |e| TlsError::Field { field, source: Box::new(e) }
 }
 
-/// The one crypto provider: ring, every suite of which is AEAD (GCM or ChaCha20-Poly1305).
+/// The one crypto provider: aws-lc-rs, every suite of which is AEAD (GCM or ChaCha20-Poly1305).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Every certificate in a PEM file.
@@ -61,9 +61,20 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, format!("no usable private key: {e}")))
 }
 
+/// How many TLS 1.2 sessions the server keeps for callers that resume by
+/// session ID rather than by ticket (a few hundred bytes each, oldest dropped first).
+pub const SESSION_CACHE_SIZE: usize = 10_000;
+
 /// The listener's server configuration: ALPN `h2` then `http/1.1`, the server's
 /// suite order, and client certificates required when `client_ca` is set.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+/// Returning callers resume: TLS 1.3 tickets and TLS 1.2 tickets under keys
+/// that rotate every 6 hours (a ticket lives at most 12), and a bounded TLS 1.2
+/// session cache. `previous` is the listener's configuration before a reload
+/// with its files: its ticket keys and sessions are kept, see [`sessions_from`].
+pub fn server_config(
+    files: &TlsFiles,
+    previous: Option<(&TlsFiles, &ServerConfig)>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(&files.cert).map_err(at(CERT))?;
     if let Some(problem) = certs.first().and_then(expiry_problem) {
         // Still served, like nginx does: refusing to start helps no caller. `check` fails on it.
@@ -80,7 +91,27 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = builder.with_single_cert(certs, key).map_err(|e| pair_error(files, e))?;
     config.ignore_client_order = true;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    match sessions_from(files, previous) {
+        Some(kept) => {
+            config.ticketer = kept.ticketer.clone();
+            config.session_storage = kept.session_storage.clone();
+        }
+        None => {
+            config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+            config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+        }
+    }
     Ok(Arc::new(config))
+}
+
+/// The configuration whose ticket keys and session cache a reload keeps, so
+/// callers go on resuming: the previous one, unless client certificates are
+/// (or were) required. A resumed session carries the client certificate
+/// verified when it began, so with `client_ca` every reload starts fresh
+/// sessions and a changed CA applies to every connection after it.
+fn sessions_from<'a>(files: &TlsFiles, previous: Option<(&TlsFiles, &'a ServerConfig)>) -> Option<&'a ServerConfig> {
+    let (before, config) = previous?;
+    (files.client_ca.is_none() && before.client_ca.is_none()).then_some(config)
 }
 
 fn client_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
@@ -293,6 +324,32 @@ mod tests {
             assert_eq!(subject_matches(&pairs(subject), pattern), *want, "{subject:?} against {pattern:?}");
         }
         assert!(subject_matches(&billing_acme, "CN=billing,O=Acme"));
+    }
+
+    #[test]
+    fn a_reload_keeps_sessions_only_without_client_certificates_before_and_after() {
+        let files =
+            |ca: Option<&str>| TlsFiles { cert: "c.pem".into(), key: "k.pem".into(), client_ca: ca.map(PathBuf::from) };
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("certificate");
+        let key = PrivateKeyDer::Pkcs8(issued.key_pair.serialize_der().into());
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![issued.cert.der().clone()], key)
+            .expect("config");
+        // (client_ca before the reload, after it, sessions kept)
+        let cases = [
+            (None, None, true),
+            (Some("ca.pem"), None, false),
+            (None, Some("ca.pem"), false),
+            (Some("ca.pem"), Some("ca.pem"), false),
+        ];
+        for (before, after, kept) in cases {
+            let previous = Some((&files(before), &config));
+            assert_eq!(sessions_from(&files(after), previous).is_some(), kept, "{before:?} -> {after:?}");
+        }
+        assert!(sessions_from(&files(None), None).is_none(), "no previous configuration");
     }
 
     #[test]

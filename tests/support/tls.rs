@@ -169,7 +169,7 @@ impl Default for Offer<'_> {
 pub fn client_config(root: &CertificateDer<'static>, offer: Offer<'_>) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(root.clone()).expect("root");
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     if !offer.suites.is_empty() {
         provider.cipher_suites = offer.suites.to_vec();
     }

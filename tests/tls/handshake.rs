@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rustls::crypto::ring::cipher_suite as suites;
+use rustls::crypto::aws_lc_rs::cipher_suite as suites;
 use rustls::CipherSuite;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
