@@ -583,15 +583,19 @@ run_one() {
     case $sc in
         tls-h2) res=$(run_h2load "$url") ;;
         grpc) cpid=""
-            [[ $tg == direct ]] || { upstream_conns_later "$tg" & cpid=$!; }
+            [[ $tg == direct ]] || { upstream_conns_later "$tg" "$UP_H2C_PORT" & cpid=$!; }
             res=$(run_h2load "$url" -d "$TMP/grpc-request.bin" -H 'content-type: application/grpc' \
                 -H 'te: trailers')
             [[ -z $cpid ]] || wait "$cpid" ;;
-        plain-h2up) upstream_conns_later "$tg" &
+        plain-h2up) upstream_conns_later "$tg" "$UP_H2C_PORT" &
             cpid=$!
             res=$(run_wrk "$sc" "$url")
             [[ -z $cpid ]] || wait "$cpid" ;;
         tls-resumed) res=$(run_s_time "$url") ;;
+        plain-1key) cpid=""
+            [[ $tg == direct ]] || { upstream_conns_later "$tg" "$UP_PORT" & cpid=$!; }
+            res=$(run_wrk "$sc" "$url")
+            [[ -z $cpid ]] || wait "$cpid" ;;
         *) res=$(run_wrk "$sc" "$url") ;;
     esac
     t1=$(cpu_ticks "${pids[@]}")
@@ -626,16 +630,16 @@ run_one() {
     fi
 }
 
-# upstream_conns_later TARGET: halfway through a run, the proxy's open connections to the
-# h2c upstream (from ss), appended to $TMP/res/h2-conns.$sc.$tg.
+# upstream_conns_later TARGET PORT: halfway through a run, the proxy's open connections
+# to the upstream's PORT (from ss), appended to $TMP/res/up-conns.$sc.$tg.
 upstream_conns_later() {
     local pid n
     sleep $((DURATION / 2))
     n=0
     for pid in $(target_pids "$sc" "$1"); do
-        n=$((n + $(ss -Htnp state established "( dport = :$UP_H2C_PORT )" 2>/dev/null | grep -c "pid=$pid," || true)))
+        n=$((n + $(ss -Htnp state established "( dport = :$2 )" 2>/dev/null | grep -c "pid=$pid," || true)))
     done
-    echo "$n" >>"$TMP/res/h2-conns.$sc.$1"
+    echo "$n" >>"$TMP/res/up-conns.$sc.$1"
 }
 
 run_load() {
@@ -743,9 +747,9 @@ print_table() {
     printf ' plain-h2up: HTTP/1 wrk through keygate to that h2c upstream; plain-token-cold: a new ES256 token per request\n'
     printf '   (%s tokens round-robin, cache 10,000); keygate/1key: against keygate'"'"'s plain-1key row.)\n' "$COLD_TOKENS"
     local cf
-    for cf in "$TMP"/res/h2-conns.*; do
+    for cf in "$TMP"/res/up-conns.*; do
         [[ -s $cf ]] || continue
-        printf 'connections to the h2c upstream halfway through %s: %s\n' "${cf##*/h2-conns.}" "$(tr '\n' ' ' <"$cf")"
+        printf 'upstream connections open halfway through %s: %s\n' "${cf##*/up-conns.}" "$(tr '\n' ' ' <"$cf")"
     done
     if [[ -s $TMP/res/redis-cpu ]]; then
         printf 'Redis CPU us/request on plain-redis (median of %d runs): %s\n' "$(wc -l <"$TMP/res/redis-cpu")" \
