@@ -9,6 +9,10 @@
                                  clients.toml  keygate [clients.*] tables (sha256 hashes)
                                  clients-100k.toml  100,000 keys across 1,000 clients
                                  keys-100k.txt, keys-100k.map  their plain keys, nginx map
+                                 jwt.toml      [[jwt]] issuers: HS256 "bench" (token.txt)
+                                               and ES256 "bench-es" (jwks-es.json)
+                                 tokens-es.txt --cold-tokens ES256 tokens, each new
+                                 grpc-request.bin  one length-prefixed gRPC message
   percentiles FILE...          p50 and p99 (µs) of h2load --log-file files
   idle --port P [--tls] ...    open N keep-alive connections (one request each),
                                then print the summed VmRSS of --pids
@@ -69,6 +73,9 @@ def cmd_gen(args):
         for i, k in enumerate(valid, 1):
             f.write(_client_table("c%04d" % i, [_sha(k)]))
     _token_material(d)
+    _es256_tokens(d, args.cold_tokens, args.clients)
+    with open(os.path.join(d, "grpc-request.bin"), "wb") as f:
+        f.write(b"\x00\x00\x00\x00\x0a\x0a\x08bench-01")  # field 1 = "bench-01"
     per = args.big_keys // args.clients
     with open(os.path.join(d, "clients-100k.toml"), "w") as f, \
             open(os.path.join(d, "keys-100k.txt"), "w") as plain, \
@@ -100,6 +107,38 @@ def _token_material(d):
     sig = hmac.new(secret.encode(), ("%s.%s" % (head, body)).encode(), hashlib.sha256).digest()
     with open(os.path.join(d, "token.txt"), "w") as f:
         f.write("%s.%s.%s\n" % (head, body, _b64url(sig)))
+
+
+def _es256_tokens(d, count, clients):
+    """An ES256 issuer "bench-es" (its public key in jwks-es.json, appended to
+    jwt.toml) and COUNT distinct tokens of clients c0001.. in turn, valid for a
+    day (tokens-es.txt). Needs the `cryptography` module; without it, no tokens."""
+    try:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    except ImportError:
+        open(os.path.join(d, "tokens-es.txt"), "w").close()
+        return
+    key = ec.generate_private_key(ec.SECP256R1())
+    pub = key.public_key().public_numbers()
+    jwk = {"kty": "EC", "crv": "P-256", "kid": "es-1", "alg": "ES256",
+           "x": _b64url(pub.x.to_bytes(32, "big")), "y": _b64url(pub.y.to_bytes(32, "big"))}
+    with open(os.path.join(d, "jwks-es.json"), "w") as f:
+        json.dump({"keys": [jwk]}, f)
+    with open(os.path.join(d, "jwt.toml"), "a") as f:
+        f.write('\n[[jwt]]\nissuer = "bench-es"\naudiences = ["bench"]\nalgorithms = ["ES256"]\n'
+                'jwks_file = "%s"\n' % os.path.join(d, "jwks-es.json"))
+    head = _b64url(json.dumps({"alg": "ES256", "typ": "JWT", "kid": "es-1"}).encode())
+    now = int(time.time())
+    with open(os.path.join(d, "tokens-es.txt"), "w") as f:
+        for i in range(count):
+            body = _b64url(json.dumps({"iss": "bench-es", "aud": "bench", "sub": "c%04d" % (i % clients + 1),
+                                       "iat": now, "exp": now + 86400, "jti": i}).encode())
+            signed = ("%s.%s" % (head, body)).encode()
+            r, sig_s = decode_dss_signature(key.sign(signed, ec.ECDSA(hashes.SHA256())))
+            sig = r.to_bytes(32, "big") + sig_s.to_bytes(32, "big")
+            f.write("%s.%s.%s\n" % (head, body, _b64url(sig)))
 
 
 def cmd_percentiles(args):
@@ -227,6 +266,7 @@ def main():
     s.add_argument("dir")
     s.add_argument("--clients", type=int, default=1000)
     s.add_argument("--big-keys", type=int, default=100000)
+    s.add_argument("--cold-tokens", type=int, default=20000)
     s.set_defaults(fn=cmd_gen)
     s = sub.add_parser("percentiles")
     s.add_argument("files", nargs="+")

@@ -14,10 +14,12 @@ RUNS=${BENCH_RUNS:-3}
 CONNS=${BENCH_CONNECTIONS:-50}
 THREADS=${BENCH_THREADS:-1}
 TARGETS=${BENCH_TARGETS:-direct nginx keygate}
-SCENARIOS=${BENCH_SCENARIOS:-plain-1key plain-1000keys plain-invalid plain-close tls-1key tls-h2 tls-close tls-resumed plain-100kkeys plain-redis plain-redis-down plain-token}
+SCENARIOS=${BENCH_SCENARIOS:-plain-1key plain-1000keys plain-invalid plain-close tls-1key tls-h2 tls-close tls-resumed plain-100kkeys plain-redis plain-redis-down plain-token grpc plain-h2up plain-token-cold}
 RESOURCES=${BENCH_RESOURCES:-1}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 BIG_KEYS=100000
+COLD_TOKENS=${BENCH_COLD_TOKENS:-20000}   # more than keygate's 10,000-token cache
+GRPC_PATH=/bench.v1.Bench/Call
 PROXY_CPU=${BENCH_PROXY_CPU:-0}
 LOAD_CPU=${BENCH_LOAD_CPU:-1}
 KEEP_TMP=${BENCH_KEEP_TMP:-0}
@@ -110,9 +112,21 @@ build_keygate() {
     [[ -x $KEYGATE_BIN ]] || die "no binary at $KEYGATE_BIN"
 }
 
+# The h2c (gRPC) upstream of the grpc and plain-h2up rows: examples/bench_upstream.rs.
+needs_h2_upstream() { has_scenario grpc || has_scenario plain-h2up; }
+build_h2_upstream() {
+    H2UP_BIN=${BENCH_H2_UPSTREAM_BIN:-}
+    if [[ -z $H2UP_BIN ]]; then
+        log "cargo build --release --example bench_upstream (in $ROOT)"
+        (cd "$ROOT" && cargo build --release --example bench_upstream >&2)
+        H2UP_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/bench_upstream"
+    fi
+    [[ -x $H2UP_BIN ]] || die "no h2c upstream binary at $H2UP_BIN"
+}
+
 make_material() {
     log "generating keys, configs and an ECDSA P-256 certificate in $TMP"
-    "${HELPER[@]}" gen "$TMP" --clients 1000 --big-keys "$BIG_KEYS"
+    "${HELPER[@]}" gen "$TMP" --clients 1000 --big-keys "$BIG_KEYS" --cold-tokens "$COLD_TOKENS"
     KEY1=$(head -n 1 "$TMP/keys.txt")
     BAD1=$(head -n 1 "$TMP/invalid.txt")
     TOKEN1=$(head -n 1 "$TMP/token.txt")             # an HS256 token of client c0001
@@ -125,7 +139,7 @@ make_material() {
 
 alloc_ports() {
     local ports
-    mapfile -t ports < <("${HELPER[@]}" ports 10)
+    mapfile -t ports < <("${HELPER[@]}" ports 14)
     UP_PORT=${ports[0]}
     UP_TLS_PORT=${ports[1]}
     NGINX_PORT=${ports[2]}
@@ -136,15 +150,20 @@ alloc_ports() {
     KG_100K_PORT=${ports[7]}
     REDIS_PORT=${ports[8]}
     KG_REDIS_PORT=${ports[9]}
+    UP_H2C_PORT=${ports[10]}     # examples/bench_upstream (h2c, gRPC)
+    NGINX_GRPC_PORT=${ports[11]} # nginx grpc_pass
+    KG_H2_PORT=${ports[12]}      # keygate with protocol = "http2" to UP_H2C_PORT
+    KG_H2_ADMIN_PORT=${ports[13]}
 }
 
 render() { # template output
     sed -e "s|@TMP@|$TMP|g" -e "s|@UP_PORT@|$UP_PORT|g" -e "s|@UP_TLS_PORT@|$UP_TLS_PORT|g" \
         -e "s|@NGINX_PORT@|$NGINX_PORT|g" -e "s|@NGINX_TLS_PORT@|$NGINX_TLS_PORT|g" \
+        -e "s|@UP_H2C_PORT@|$UP_H2C_PORT|g" -e "s|@NGINX_GRPC_PORT@|$NGINX_GRPC_PORT|g" \
         "$1" >"$2"
 }
 
-write_keygate_config() { # file port tls(0|1) clients-file [extra-toml]
+write_keygate_config() { # file port tls(0|1) clients-file [extra-toml [upstream-toml]]
     {
         printf '[listen]\naddress = "127.0.0.1:%s"\nmax_connections = %d\n' "$2" $((IDLE_CONNS * 2))
         if [[ $3 == 1 ]]; then
@@ -153,7 +172,7 @@ write_keygate_config() { # file port tls(0|1) clients-file [extra-toml]
         printf '\n[auth]\nmax_failures_per_minute = 1000000\n'
         printf '\n[rate_limit]\nper_second = 1000000\nburst = 1000000\n'
         printf '%b' "${5:-}"
-        printf '\n[upstreams.bench]\nservers = ["http://127.0.0.1:%s"]\n' "$UP_PORT"
+        printf '\n[upstreams.bench]\n%b' "${6:-servers = [\"http://127.0.0.1:$UP_PORT\"]\n}"
         printf '\n[[routes]]\nname = "all"\npath = "/"\nupstream = "bench"\n\n'
         cat "$4"
         cat "$TMP/jwt.toml"
@@ -245,9 +264,9 @@ start_nginx_proxy() {
     log "nginx proxy on :$NGINX_PORT (TLS :$NGINX_TLS_PORT), pids ${NGINX_PIDS[*]}"
 }
 
-start_keygate() { # name port tls(0|1) [clients-file [extra-toml]] -> LAST_PID
+start_keygate() { # name port tls(0|1) [clients-file [extra-toml [upstream-toml]]] -> LAST_PID
     local name=$1 port=$2 tls=$3
-    write_keygate_config "$TMP/keygate/$name.toml" "$port" "$tls" "${4:-$TMP/clients.toml}" "${5:-}"
+    write_keygate_config "$TMP/keygate/$name.toml" "$port" "$tls" "${4:-$TMP/clients.toml}" "${5:-}" "${6:-}"
     start_bg "$name" env KEYGATE_LOG=warn taskset -c "$PROXY_CPU" \
         "$KEYGATE_BIN" serve -c "$TMP/keygate/$name.toml"
     if ! (wait_port "$port" "$LAST_PID" "$name"); then
@@ -274,6 +293,20 @@ start_keygates() {
         KG_REDIS_PID=$LAST_PID
         log "keygate with the Redis store on :$KG_REDIS_PORT (pid $KG_REDIS_PID)"
     fi
+    if needs_h2_upstream; then
+        start_keygate keygate-h2 "$KG_H2_PORT" 0 "$TMP/clients.toml" \
+            "\n[admin]\naddress = \"127.0.0.1:$KG_H2_ADMIN_PORT\"\n" \
+            "servers = [\"http://127.0.0.1:$UP_H2C_PORT\"]\nprotocol = \"http2\"\n"
+        KG_H2_PID=$LAST_PID
+        log "keygate with an HTTP/2 upstream on :$KG_H2_PORT (pid $KG_H2_PID)"
+    fi
+}
+
+start_h2_upstream() {
+    start_bg h2-upstream taskset -c "$LOAD_CPU" "$H2UP_BIN" "127.0.0.1:$UP_H2C_PORT"
+    H2UP_PID=$LAST_PID
+    wait_port "$UP_H2C_PORT" "$H2UP_PID" "the h2c upstream"
+    log "h2c upstream on :$UP_H2C_PORT (pid $H2UP_PID)"
 }
 
 # Redis for the plain-redis rows, pinned with the upstream and the load, no persistence.
@@ -333,6 +366,33 @@ sanity_checks() {
     if has_target keygate && has_scenario plain-redis; then
         expect "keygate with Redis" 'ok 200 1.1' -H "X-API-Key: $KEY1" "http://127.0.0.1:$KG_REDIS_PORT/"
     fi
+    if has_target keygate && has_scenario plain-token-cold; then
+        [[ -s $TMP/tokens-es.txt ]] || warn "no ES256 tokens (python3 cryptography missing?)"
+        expect "keygate ES256 token" 'client=c0001 key= 200 1.1' \
+            -H "Authorization: Bearer $(head -n 1 "$TMP/tokens-es.txt")" "http://127.0.0.1:$KG_PORT/echo"
+    fi
+    if has_target keygate && has_scenario plain-h2up; then
+        expect "keygate to an h2c upstream" 'client=c0001 key= 200 1.1' \
+            -H "X-API-Key: $KEY1" "http://127.0.0.1:$KG_H2_PORT/echo"
+    fi
+    if has_scenario grpc; then
+        local tg
+        for tg in $TARGETS; do
+            expect_grpc "$tg gRPC call" "$(target_url grpc "$tg")" 0
+            [[ $tg == direct ]] || expect_grpc "$tg gRPC unknown key" "$(target_url grpc "$tg")" 16 "$BAD1"
+        done
+    fi
+}
+
+# expect_grpc WHAT URL GRPC-STATUS [KEY]: one unary call over h2c (curl), its grpc-status
+# (a trailer, or a header in a trailers-only answer) must be GRPC-STATUS.
+expect_grpc() {
+    local got
+    got=$(curl -s --max-time 5 --http2-prior-knowledge -o /dev/null -D - -X POST \
+        -H 'content-type: application/grpc' -H 'te: trailers' -H "x-api-key: ${4:-$KEY1}" \
+        --data-binary "@$TMP/grpc-request.bin" "$2" 2>/dev/null |
+        tr -d '\r' | sed -n 's/^grpc-status: *//Ip' | tail -n 1 || true)
+    [[ $got == "$3" ]] || warn "check failed: $1: grpc-status '$got', want '$3'"
 }
 
 # ---------------------------------------------------------------- resources
@@ -404,7 +464,7 @@ measure_resources() {
 scenario_applies() {
     # A token (one reused per connection, as real clients do) is keygate's alone.
     [[ $1 == *-token ]] && { [[ $2 == keygate ]]; return; }
-    [[ $1 == plain-redis* ]] && { [[ $2 == keygate ]]; return; }
+    [[ $1 == plain-redis* || $1 == plain-h2up || $1 == plain-token-cold ]] && { [[ $2 == keygate ]]; return; }
     [[ $2 != direct ]] && return 0
     [[ $1 != plain-1000keys && $1 != plain-invalid && $1 != plain-100kkeys && $1 != tls-resumed ]]
 }
@@ -415,6 +475,10 @@ target_url() { # scenario target
     case $2:$1 in
         keygate:plain-100kkeys) echo "http://127.0.0.1:$KG_100K_PORT/"; return ;;
         keygate:plain-redis*) echo "http://127.0.0.1:$KG_REDIS_PORT/"; return ;;
+        keygate:plain-h2up) echo "http://127.0.0.1:$KG_H2_PORT/"; return ;;
+        direct:grpc) echo "http://127.0.0.1:$UP_H2C_PORT$GRPC_PATH"; return ;;
+        nginx:grpc) echo "http://127.0.0.1:$NGINX_GRPC_PORT$GRPC_PATH"; return ;;
+        keygate:grpc) echo "http://127.0.0.1:$KG_H2_PORT$GRPC_PATH"; return ;;
     esac
     case $2:$tls in
         direct:0) echo "http://127.0.0.1:$UP_PORT/" ;;
@@ -428,12 +492,13 @@ target_url() { # scenario target
 
 target_pids() { # scenario target
     case $2 in
-        direct) echo "${UP_PIDS[*]}" ;;
+        direct) if [[ $1 == grpc ]]; then echo "$H2UP_PID"; else echo "${UP_PIDS[*]}"; fi ;;
         nginx) echo "${NGINX_PIDS[*]}" ;;
         keygate) case $1 in
                 tls-*) echo "$KG_TLS_PID" ;;
                 plain-100kkeys) echo "$KG_100K_PID" ;;
                 plain-redis*) echo "$KG_REDIS_PID" ;;
+                grpc | plain-h2up) echo "$KG_H2_PID" ;;
                 *) echo "$KG_PID" ;;
             esac ;;
     esac
@@ -445,7 +510,8 @@ run_wrk() {
     local -a args=(-t "$THREADS" -c "$CONNS" -d "${DURATION}s" --timeout 5s -s "$BENCH_DIR/wrk.lua")
     local -a script_args=()
     case $sc in
-        *-1key | plain-redis*) args+=(-H "X-API-Key: $KEY1") ;;
+        *-1key | plain-redis* | plain-h2up) args+=(-H "X-API-Key: $KEY1") ;;
+        *-token-cold) script_args=(-- "$TMP/tokens-es.txt" bearer) ;;
         *-token) args+=(-H "Authorization: Bearer $TOKEN1") ;;
         *-close) args+=(-H "X-API-Key: $KEY1" -H "Connection: close") ;;
         *-1000keys) script_args=(-- "$TMP/keys.txt") ;;
@@ -482,12 +548,13 @@ run_s_time() {
     echo "$n $((secs * 1000000)) 0 0 $((n > reused ? n - reused : 0))"
 }
 
-# run_h2load URL -> "requests duration_us p50 p99 errors"
+# run_h2load URL [H2LOAD-ARGS...] -> "requests duration_us p50 p99 errors"
 run_h2load() {
     local url=$1 log out
+    shift
     log=$TMP/h2/$RANDOM.log
     out=$(taskset -c "$LOAD_CPU" h2load -t 1 -c 10 -m 10 -D "$DURATION" --log-file="$log" \
-        -H "X-API-Key: $KEY1" "$url" 2>&1) || true
+        -H "X-API-Key: $KEY1" "$@" "$url" 2>&1) || true
     local done_n secs p50 p99 ok
     done_n=$(sed -n 's/^requests: .* \([0-9]*\) done, \([0-9]*\) succeeded.*/\1/p' <<<"$out")
     ok=$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' <<<"$out")
@@ -506,7 +573,7 @@ run_h2load() {
 # run_one SCENARIO TARGET: one measured run, appended to $TMP/res/SCENARIO.TARGET as
 # "rps p50_us p99_us cpu_us_per_req errors"
 run_one() {
-    local sc=$1 tg=$2 url t0 t1 b0 b1 other res
+    local sc=$1 tg=$2 url t0 t1 b0 b1 other res cpid
     local -a pids
     url=$(target_url "$sc" "$tg")
     read -r -a pids <<<"$(target_pids "$sc" "$tg")"
@@ -515,7 +582,20 @@ run_one() {
     r0=$([[ $sc == plain-redis ]] && cpu_ticks "$REDIS_PID" || echo 0)
     case $sc in
         tls-h2) res=$(run_h2load "$url") ;;
+        grpc) cpid=""
+            [[ $tg == direct ]] || { upstream_conns_later "$tg" "$UP_H2C_PORT" & cpid=$!; }
+            res=$(run_h2load "$url" -d "$TMP/grpc-request.bin" -H 'content-type: application/grpc' \
+                -H 'te: trailers')
+            [[ -z $cpid ]] || wait "$cpid" ;;
+        plain-h2up) upstream_conns_later "$tg" "$UP_H2C_PORT" &
+            cpid=$!
+            res=$(run_wrk "$sc" "$url")
+            [[ -z $cpid ]] || wait "$cpid" ;;
         tls-resumed) res=$(run_s_time "$url") ;;
+        plain-1key) cpid=""
+            [[ $tg == direct ]] || { upstream_conns_later "$tg" "$UP_PORT" & cpid=$!; }
+            res=$(run_wrk "$sc" "$url")
+            [[ -z $cpid ]] || wait "$cpid" ;;
         *) res=$(run_wrk "$sc" "$url") ;;
     esac
     t1=$(cpu_ticks "${pids[@]}")
@@ -538,7 +618,9 @@ run_one() {
         log "  $sc $tg: $rps req/s, p50 ${p50}us, p99 ${p99}us, ${cpu} CPU us/req, errors $err"
     }
     # The proxies must still answer as expected after the load (e.g. no 429 throttling).
-    if [[ $tg != direct && ($sc == plain-invalid || $sc == tls-resumed) ]]; then
+    if [[ $sc == grpc ]]; then
+        expect_grpc "$tg still grpc-status 0 after $sc" "$url" 0
+    elif [[ $tg != direct && ($sc == plain-invalid || $sc == tls-resumed) ]]; then
         expect "$tg still 401 after $sc" '*"invalid_api_key"* 401 *' \
             -H "X-API-Key: $BAD1" "$url"
     elif [[ $tg != direct && $sc == plain-100kkeys ]]; then
@@ -546,6 +628,18 @@ run_one() {
     elif [[ $tg != direct ]]; then
         expect "$tg still 200 after $sc" 'ok 200 *' -H "X-API-Key: $KEY1" "$url"
     fi
+}
+
+# upstream_conns_later TARGET PORT: halfway through a run, the proxy's open connections
+# to the upstream's PORT (from ss), appended to $TMP/res/up-conns.$sc.$tg.
+upstream_conns_later() {
+    local pid n
+    sleep $((DURATION / 2))
+    n=0
+    for pid in $(target_pids "$sc" "$1"); do
+        n=$((n + $(ss -Htnp state established "( dport = :$2 )" 2>/dev/null | grep -c "pid=$pid," || true)))
+    done
+    echo "$n" >>"$TMP/res/up-conns.$sc.$1"
 }
 
 run_load() {
@@ -608,8 +702,9 @@ print_table() {
             printf "$fmt" "$sc" "$tg" "$rps" "$p50" "$p99" "$cpu" \
                 "$(awk -v c="$cpu" 'BEGIN {print (c > 0 ? sprintf("%.0f", 1e6 / c) : "-")}')" "$err"
         done
-        # The Redis rows: keygate against itself with the local store (plain-1key).
-        if [[ $sc == plain-redis* && -s $TMP/res/plain-1key.keygate ]]; then
+        # The Redis, HTTP/2-upstream and cold-token rows: keygate against itself with
+        # one key, the local store and the HTTP/1 upstream (its plain-1key row).
+        if [[ ($sc == plain-redis* || $sc == plain-h2up || $sc == plain-token-cold) && -s $TMP/res/plain-1key.keygate ]]; then
             row[nginx]="" row[local]=$(median_row "$TMP/res/plain-1key.keygate")
             read -r -a ratio < <(awk -v a="${row[keygate]:-0 0 0 0 0}" -v b="${row[local]}" 'BEGIN {
                 split(a, x, " "); split(b, y, " ")
@@ -617,7 +712,7 @@ print_table() {
                 printf "%s\n", (x[4] > 0 ? sprintf("%.2f", y[4] / x[4]) : "-")
             }')
             # shellcheck disable=SC2059
-            printf "$fmt" "$sc" "keygate/local" "${ratio[@]}" ''
+            printf "$fmt" "$sc" "$([[ $sc == plain-redis* ]] && echo keygate/local || echo keygate/1key)" "${ratio[@]}" ''
             row=()
             continue
         fi
@@ -646,7 +741,16 @@ print_table() {
     printf ' tls-resumed: openssl s_time -reuse, one connection at a time, HTTP/1.0 without a key (401), no latencies;\n'
     printf '   errors = connections that did not resume. plain-100kkeys: keygate and nginx with 100,000 keys (1,000 clients).\n'
     printf ' plain-redis: store = "redis", Redis on CPU %s; plain-redis-down: Redis stopped, breaker open, local fallback;\n' "$LOAD_CPU"
-    printf '   keygate/local: against keygate'"'"'s plain-1key row (the local store).)\n'
+    printf '   keygate/local: against keygate'"'"'s plain-1key row (the local store).\n'
+    printf ' grpc: h2load -c 10 -m 10 unary calls over h2c (x-api-key, a 15-byte message), to examples/bench_upstream\n'
+    printf '   (h2c, on CPU %s; direct = that upstream), nginx grpc_pass, keygate protocol = "http2".\n' "$LOAD_CPU"
+    printf ' plain-h2up: HTTP/1 wrk through keygate to that h2c upstream; plain-token-cold: a new ES256 token per request\n'
+    printf '   (%s tokens round-robin, cache 10,000); keygate/1key: against keygate'"'"'s plain-1key row.)\n' "$COLD_TOKENS"
+    local cf
+    for cf in "$TMP"/res/up-conns.*; do
+        [[ -s $cf ]] || continue
+        printf 'upstream connections open halfway through %s: %s\n' "${cf##*/up-conns.}" "$(tr '\n' ' ' <"$cf")"
+    done
     if [[ -s $TMP/res/redis-cpu ]]; then
         printf 'Redis CPU us/request on plain-redis (median of %d runs): %s\n' "$(wc -l <"$TMP/res/redis-cpu")" \
             "$(median <"$TMP/res/redis-cpu")"
@@ -681,9 +785,11 @@ main() {
     make_tmp
     raise_nofile
     has_target keygate && build_keygate
+    needs_h2_upstream && build_h2_upstream
     make_material
     alloc_ports
     start_upstream
+    needs_h2_upstream && start_h2_upstream
     has_target nginx && start_nginx_proxy
     has_target keygate && start_keygates
     sanity_checks

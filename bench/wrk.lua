@@ -2,6 +2,7 @@
 --   wrk ... -s bench/wrk.lua                 static request (headers from -H)
 --   wrk ... -s bench/wrk.lua -- KEYFILE      X-API-Key taken round-robin per request
 --                                            from KEYFILE (one key per line)
+--   wrk ... -s bench/wrk.lua -- FILE bearer  Authorization: Bearer <line>, round-robin
 -- Always prints one machine-readable line at the end:
 --   BENCH requests=N duration_us=N p50_us=N p99_us=N connect=N read=N write=N status=N timeout=N
 
@@ -13,11 +14,16 @@ function init(args)
    if file == nil or file == "" then
       return -- no `request` function: wrk keeps its pre-built static request
    end
+   local bearer = args[2] == "bearer"
    for key in io.lines(file) do
       if key ~= "" then
          local headers = {}
          for k, v in pairs(wrk.headers) do headers[k] = v end
-         headers["X-API-Key"] = key
+         if bearer then
+            headers["Authorization"] = "Bearer " .. key
+         else
+            headers["X-API-Key"] = key
+         end
          n = n + 1
          reqs[n] = wrk.format(nil, nil, headers)
       end
