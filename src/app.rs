@@ -59,6 +59,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// Bind the listeners for `config` and start serving.
 pub async fn start(config: Config) -> anyhow::Result<Handle> {
+    crate::tls::install_process_default();
     let listener = TcpListener::bind(config.listen.address)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen.address))?;

@@ -44,6 +44,15 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Make `provider()` the process default, for the TLS clients built inside
+/// other crates (the Redis client's `rediss://`). rustls picks a default by
+/// itself only while exactly one provider is compiled in; a second one
+/// arriving through any dependency would otherwise panic on first use.
+pub fn install_process_default() {
+    // Err means a default is installed already (a second `start` in one process).
+    let _ = CryptoProvider::install_default(rustls::crypto::aws_lc_rs::default_provider());
+}
+
 /// Every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)

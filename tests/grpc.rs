@@ -283,7 +283,7 @@ async fn http1_callers_reach_an_http2_upstream() {
 async fn grpc_through_keygates_tls_listener() {
     // tonic's TLS enables rustls' ring feature beside keygate's aws-lc-rs in
     // test builds, so rustls cannot choose a process default by itself.
-    let _ = rustls::crypto::CryptoProvider::install_default((*keygate::tls::provider()).clone());
+    keygate::tls::install_process_default();
     let dir = support::tempdir();
     let ca = support::tls::Ca::new("listener CA");
     let (cert, key) = ca.server().write(dir.path(), "keygate");
