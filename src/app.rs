@@ -101,14 +101,33 @@ async fn prune_throttle(shared: Arc<Shared>, stop: impl std::future::Future<Outp
     }
 }
 
-/// Run the upstreams' active health checks, one task per checked upstream,
-/// replaced when a reload swaps the snapshot (health state lives on in the
-/// servers kept, so replacing the tasks loses nothing).
+/// Run the health checks of the current snapshot's upstreams, restarted when
+/// a reload swaps the snapshot (health state lives on in the servers kept).
 async fn health_checks(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()>) {
+    per_snapshot(shared, stop, |snap, checks| {
+        for upstream in snap.upstreams.iter() {
+            // A check of the old snapshot may have run since this one was built.
+            upstream.forget_checks();
+            if upstream.policy.check.is_some() {
+                checks.spawn(crate::upstream::check::run(upstream.clone()));
+            }
+        }
+    })
+    .await
+}
+
+/// Keep the tasks `spawn` starts for the current snapshot, replaced when a
+/// reload swaps the snapshot; state the tasks keep lives in the snapshot's
+/// parts that a reload carries over, so replacing them loses nothing.
+pub async fn per_snapshot(
+    shared: Arc<Shared>,
+    stop: impl std::future::Future<Output = ()>,
+    mut spawn: impl FnMut(&Snapshot, &mut JoinSet<()>),
+) {
     tokio::pin!(stop);
     // A weak reference keeps the address from being reused by a later snapshot.
     let mut seen = std::sync::Weak::new();
-    let mut checks = JoinSet::new();
+    let mut tasks = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
@@ -120,14 +139,8 @@ async fn health_checks(shared: Arc<Shared>, stop: impl std::future::Future<Outpu
             continue;
         }
         seen = Arc::downgrade(&snap);
-        checks.shutdown().await;
-        for upstream in snap.upstreams.iter() {
-            // A check of the old snapshot may have run since this one was built.
-            upstream.forget_checks();
-            if upstream.policy.check.is_some() {
-                checks.spawn(crate::upstream::check::run(upstream.clone()));
-            }
-        }
+        tasks.shutdown().await;
+        spawn(&snap, &mut tasks);
     }
 }
 

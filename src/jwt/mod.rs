@@ -209,25 +209,12 @@ fn issuer(config: &JwtIssuer, previous: Option<&Verifier>) -> Issuer {
 /// Run the fetchers of the current snapshot's `jwks_url` issuers, replaced
 /// when a reload swaps the snapshot (their keys live on in the issuers kept).
 pub async fn fetchers(shared: Arc<crate::state::Shared>, stop: impl std::future::Future<Output = ()>) {
-    tokio::pin!(stop);
-    let mut seen = std::sync::Weak::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tick.tick() => {}
-        }
-        let snap = shared.snapshot.load_full();
-        if std::ptr::eq(seen.as_ptr(), Arc::as_ptr(&snap)) {
-            continue;
-        }
-        seen = Arc::downgrade(&snap);
-        tasks.shutdown().await;
+    crate::app::per_snapshot(shared, stop, |snap, tasks| {
         for remote in snap.jwt.iter().flat_map(|j| &j.issuers).filter_map(Issuer::remote) {
             tasks.spawn(remote.clone().run());
         }
-    }
+    })
+    .await
 }
 
 /// Scopes from a `scope` string (space-separated) or an `scp` list (or string).
