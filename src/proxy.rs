@@ -236,7 +236,8 @@ async fn run(
     check_length(&parts, route.max_body).map_err(with_limit)?;
     let upstream = snap.upstreams.get(route.upstream).ok_or(with_limit(Reject::BadGateway))?;
     record.upstream = Some(crate::metrics::Name(upstream.name.clone()));
-    let tunnel = upgrade.map(|u| open_tunnel(u, &parts, shared, snap, conn, entry, route_index)).transpose();
+    let opened = (entry, route_index, grant.as_deref());
+    let tunnel = upgrade.map(|u| open_tunnel(u, &parts, shared, snap, conn, opened)).transpose();
     let tunnel = tunnel.map_err(with_limit)?;
     let forwarded = strip::strip_segments(&path, route.strip_segments);
     let pq = path_and_query(&parts, forwarded, query.as_deref()).map_err(with_limit)?;
@@ -346,23 +347,28 @@ fn open_tunnel(
     shared: &Shared,
     snap: &Snapshot,
     conn: &Arc<ConnInfo>,
-    entry: crate::keys::KeyEntry,
-    route: usize,
+    (entry, route, grant): (crate::keys::KeyEntry, usize, Option<&Grant>),
 ) -> Result<tunnel::Tunnel, Reject> {
     let (Some(client), Some(route)) = (snap.clients.get(entry.client as usize), snap.route_names.get(route)) else {
         return Err(Reject::BadGateway);
     };
-    // Extracted again (only for upgrades): the digest identifies the key on reload.
-    let presented = auth::extract(&parts.headers, parts.uri.query(), &snap.config.auth)?;
-    let credential = tunnel::Credential {
-        client: client.id.clone(),
-        key: match &presented.credential {
-            auth::Credential::Key { value, .. } => crate::keys::digest(value),
-            auth::Credential::Token { value } => crate::keys::digest(value.as_bytes()),
+    let proof = match grant {
+        Some(g) => tunnel::Proof::Token {
+            issuer: snap.jwt.as_ref().and_then(|j| j.issuer_name(g.issuer)).ok_or(Reject::BadGateway)?.to_string(),
+            exp: g.exp,
+            scopes: g.scopes.clone(),
         },
-        route: route.clone(),
-        subject: conn.subject.clone(),
+        None => {
+            // Extracted again (only for upgrades): the digest identifies the key on reload.
+            let presented = auth::extract(&parts.headers, parts.uri.query(), &snap.config.auth)?;
+            match &presented.credential {
+                auth::Credential::Key { value, .. } => tunnel::Proof::Key(crate::keys::digest(value)),
+                auth::Credential::Token { .. } => return Err(Reject::BadGateway),
+            }
+        }
     };
+    let credential =
+        tunnel::Credential { client: client.id.clone(), proof, route: route.clone(), subject: conn.subject.clone() };
     let listen = &snap.config.listen;
     let check = credential.clone();
     let ticket = shared.tunnels.open(credential, listen.max_tunnels_per_client).ok_or(Reject::TooManyTunnels)?;

@@ -18,7 +18,7 @@ use crate::metrics::{KeyLabels, Metrics, Name};
 use crate::proxy::in_flight::Slots;
 use crate::proxy::route::Router;
 use crate::proxy::throttle::FailureThrottle;
-use crate::proxy::tunnel::{Credential, Tunnels};
+use crate::proxy::tunnel::{Credential, Proof, Tunnels};
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
 
@@ -155,15 +155,28 @@ impl Snapshot {
     }
 
     /// Whether a tunnel opened with `c` may stay open: its key still belongs
-    /// to the same client and is valid at `now`, that client may still call
-    /// the route of that name, and its certificate binding (mTLS) still holds.
+    /// to the same client and is valid at `now` (or its token's issuer is
+    /// still trusted, its scopes still cover the route and it has not
+    /// expired), that client may still call the route of that name, and its
+    /// certificate binding (mTLS) still holds.
     pub fn allows_tunnel(&self, c: &Credential, now: i64) -> bool {
-        let Some(entry) = self.keys.get(&c.key) else { return false };
-        let Some(client) = self.clients.get(entry.client as usize) else { return false };
         let route = self.route_names.iter().position(|r| *r == c.route);
+        let (client, valid) = match &c.proof {
+            Proof::Key(digest) => {
+                let Some(entry) = self.keys.get(digest) else { return false };
+                (self.clients.get(entry.client as usize), entry.valid_at(now))
+            }
+            Proof::Token { issuer, exp, scopes } => {
+                let trusted = self.jwt.as_ref().is_some_and(|j| j.trusts(issuer));
+                let required = route.and_then(|i| self.router.get(i)).map_or(&[][..], |r| &r.scopes[..]);
+                let scoped = required.iter().all(|s| scopes.contains(s));
+                (self.clients.iter().find(|cl| cl.id == c.client), trusted && scoped && now < *exp)
+            }
+        };
+        let Some(client) = client else { return false };
         let bound = client.tls_subjects.is_empty()
             || c.subject.as_ref().is_some_and(|s| client.tls_subjects.iter().any(|p| tls::subject_matches(s, p)));
-        client.id == c.client && entry.valid_at(now) && route.is_some_and(|i| client.may_call(i)) && bound
+        client.id == c.client && valid && route.is_some_and(|i| client.may_call(i)) && bound
     }
 
     /// Each key's client and fingerprint, with its expiry.

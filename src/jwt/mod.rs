@@ -188,6 +188,16 @@ impl Verifier {
     }
 
     /// `jwt:<issuer>` for issuer `index`: what the access log names.
+    /// The `iss` of the issuer at `index`.
+    pub fn issuer_name(&self, index: u32) -> Option<&str> {
+        self.issuers.get(index as usize).map(|i| i.config.issuer.as_str())
+    }
+
+    /// Whether `iss` names a configured issuer.
+    pub fn trusts(&self, iss: &str) -> bool {
+        self.issuers.iter().any(|i| i.config.issuer == iss)
+    }
+
     pub fn log_name(&self, index: u32) -> Option<crate::metrics::Name> {
         self.log_names.get(index as usize).cloned()
     }

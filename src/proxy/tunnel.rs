@@ -52,11 +52,20 @@ impl Slot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
     pub client: Name,
-    /// The SHA-256 digest of the key (never the key).
-    pub key: [u8; 32],
+    pub proof: Proof,
     pub route: Name,
     /// The caller's certificate subject (mTLS), for clients bound to one.
     pub subject: Option<Vec<(String, String)>>,
+}
+
+/// The credential a tunnel was opened with, as a reload checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// The SHA-256 digest of the key (never the key).
+    Key([u8; 32]),
+    /// A verified token: its issuer must stay trusted and its scopes must
+    /// still cover the route; `exp` ends the tunnel like a key's expiry.
+    Token { issuer: String, exp: i64, scopes: Box<[String]> },
 }
 
 /// Why a tunnel ended: the `reason` label of `keygate_tunnels_closed_total`.
@@ -458,7 +467,12 @@ mod tests {
     }
 
     fn credential(client: &str, route: &str) -> Credential {
-        Credential { client: Name::new(client), key: [client.len() as u8; 32], route: Name::new(route), subject: None }
+        Credential {
+            client: Name::new(client),
+            proof: Proof::Key([client.len() as u8; 32]),
+            route: Name::new(route),
+            subject: None,
+        }
     }
 
     #[test]
