@@ -89,6 +89,7 @@ async fn an_env_only_sidecar_verifies_tokens_and_counts_them() {
     let token = signer.sign(&claims(ISS, AUD, "billing", 300));
     let url = format!("http://{}/x", p.addr);
     assert_eq!(get(&url, &[("authorization", &format!("Bearer {token}"))]).await.status, 200);
+    assert_eq!(get(&url, &[("authorization", &format!("Bearer {token}"))]).await.status, 200, "from the cache");
     let forged = Signer::ed("d1").sign(&claims(ISS, AUD, "billing", 300));
     assert_eq!(get(&url, &[("authorization", &format!("Bearer {forged}"))]).await.status, 401);
     let metrics = get(&format!("http://{}/metrics", p.admin.unwrap()), &[]).await;
@@ -97,6 +98,7 @@ async fn an_env_only_sidecar_verifies_tokens_and_counts_them() {
         "keygate_jwt_verifications_total{issuer=\"https://auth.test\",result=\"ok\"} 1",
         "keygate_jwt_verifications_total{issuer=\"-\",result=\"signature\"} 1",
         "keygate_jwt_keys{issuer=\"https://auth.test\"} 1",
+        "keygate_jwt_cache_hits_total 1",
     ] {
         assert!(text.contains(line), "{line} missing in:\n{text}");
     }

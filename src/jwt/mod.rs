@@ -111,6 +111,9 @@ impl Verifier {
     /// A valid token naming no configured client is `Forbidden`.
     pub fn verify(&self, token: &str, now: i64) -> Result<Arc<Grant>, Reject> {
         if let Some(grant) = self.cache.get(token, now) {
+            if let Some(m) = self.metrics.get() {
+                m.cache_hits.inc();
+            }
             return Ok(grant);
         }
         let checked = self.check(token, now);
