@@ -7,12 +7,11 @@ mod support;
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use support::jwks::{claims, jwks, Signer};
+use support::ws::{closed_within, echoes};
 use support::*;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 const ISS: &str = "https://auth.tunnels.test";
@@ -63,27 +62,6 @@ async fn open(addr: std::net::SocketAddr, token: &str) -> Ws {
     opened.expect("the token's tunnel").0
 }
 
-/// Whether a message still goes through and comes back (false once closed).
-async fn echoes(ws: &mut Ws) -> bool {
-    if ws.send(Message::text("kept")).await.is_err() {
-        return false;
-    }
-    matches!(tokio::time::timeout(LIMIT, ws.next()).await, Ok(Some(Ok(m))) if m == Message::text("kept"))
-}
-
-/// Whether the tunnel is closed under the caller within `LIMIT`.
-async fn closes(ws: &mut Ws) -> bool {
-    let closed = async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    };
-    tokio::time::timeout(LIMIT, closed).await.is_ok()
-}
-
 #[tokio::test]
 async fn a_token_tunnel_survives_an_unrelated_reload_and_closes_when_its_grant_goes() {
     let up = Upstream::start().await;
@@ -107,14 +85,14 @@ async fn a_token_tunnel_survives_an_unrelated_reload_and_closes_when_its_grant_g
         assert_ne!(changed, base, "{what}: the change did not apply");
         let kg = Keygate::start(&base).await;
         let mut ws = open(kg.addr, &token).await;
-        assert!(echoes(&mut ws).await, "{what}: the tunnel does not carry messages");
+        assert!(echoes(&mut ws, "kept").await, "{what}: the tunnel does not carry messages");
         std::fs::write(&kg.config_path, &changed).expect("write config");
         let shared = kg.handle.as_ref().expect("running").shared.clone();
         assert!(keygate::reload::reload(&shared, Some(&kg.config_path)), "{what}: reload refused");
         if must_close {
-            assert!(closes(&mut ws).await, "{what}: the token's tunnel survived the reload");
+            assert!(closed_within(&mut ws, LIMIT).await.is_some(), "{what}: the token's tunnel survived the reload");
         } else {
-            assert!(echoes(&mut ws).await, "{what}: the token's tunnel was closed");
+            assert!(echoes(&mut ws, "kept").await, "{what}: the token's tunnel was closed");
         }
         drop(ws);
         kg.stop().await;

@@ -12,13 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use support::ops::{eventually, until_status};
+use support::ws::{closed_within, echoes};
 use support::*;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 
 const ALICE: &str = "tunnels-alice-key-0123456789abcdef0123";
@@ -81,31 +80,6 @@ async fn open(addr: SocketAddr, key: &str) -> Result<Ws, WsError> {
         Ok(opened) => opened.map(|(ws, _)| ws),
         Err(_) => panic!("no answer to the upgrade in time"),
     }
-}
-
-/// A message goes through and comes back.
-async fn echoes<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, text: &str) -> bool {
-    if ws.send(Message::text(text)).await.is_err() {
-        return false;
-    }
-    matches!(tokio::time::timeout(LIMIT, ws.next()).await, Ok(Some(Ok(m))) if m == Message::text(text))
-}
-
-/// Wait (at most `limit`) until the tunnel is closed under the caller; how long it took.
-async fn closed_within<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: &mut WebSocketStream<S>,
-    limit: Duration,
-) -> Option<Duration> {
-    let start = Instant::now();
-    let closed = async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    };
-    tokio::time::timeout(limit, closed).await.ok().map(|()| start.elapsed())
 }
 
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

@@ -12,6 +12,7 @@ pub mod ops;
 pub mod redis_server;
 pub mod tls;
 pub mod upstream;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
