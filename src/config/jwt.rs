@@ -360,6 +360,25 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_http_jwks_url_loads_with_a_warning_and_other_schemes_are_refused() {
+        let table = "audiences = [\"a\"]\nalgorithms = [\"ES256\"]\njwks_url = \"http://auth.internal/jwks\"\n";
+        let text = format!("{BASE}[[jwt]]\nissuer = \"https://i\"\n{table}");
+        let config = load_str(&text, std::path::Path::new("k.toml"), &Env::default()).unwrap();
+        let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+        assert!(warnings.iter().any(|w| w.contains("k.toml:11:") && w.contains("plain http://")), "{warnings:?}");
+        let https = table.replace("http://", "https://");
+        let config = load_str(
+            &format!("{BASE}[[jwt]]\nissuer = \"https://i\"\n{https}"),
+            std::path::Path::new("k.toml"),
+            &Env::default(),
+        )
+        .unwrap();
+        assert!(config.warnings.iter().all(|w| !w.to_string().contains("plain http://")));
+        let ftp = errors(&table.replace("http://", "ftp://"), &[]);
+        assert!(ftp.contains("must be an https:// (or http://) URL"), "{ftp}");
+    }
+
+    #[test]
     fn scopes_are_scope_tokens() {
         let text = format!("{BASE}scopes = [\"a b\"]\n");
         let dir = tempfile::tempdir().unwrap();
