@@ -13,6 +13,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::access_log::Record;
 use crate::proxy::in_flight::Permit;
+use crate::upstream::pool::BoxError;
 use crate::upstream::PooledBody;
 
 /// Why a request body stopped.
@@ -156,9 +157,9 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let frame = match &mut this.kind {
             Kind::Full(bytes) => bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b))),

@@ -10,7 +10,7 @@ use super::{grpc, headers};
 use crate::body::{BodyError, RequestBody};
 use crate::error::Reject;
 use crate::upstream::failover::body_error;
-use crate::upstream::{PooledBody, SendError, Upstream};
+use crate::upstream::{h1, PooledBody, SendError, Upstream};
 
 /// Why an upstream call failed, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,9 +111,11 @@ fn classify(e: &SendError) -> Failure {
         SendError::Connect(_) | SendError::ConnectTimeout => return Failure::Connect,
         SendError::Tls(_) => return Failure::Tls,
         SendError::NoServer => return Failure::NoServer,
-        SendError::Http(e) => e,
+        SendError::Http(e) => body_error(e),
+        SendError::H1(h1::Error::Body(e)) => Some(e),
+        SendError::H1(_) => None,
     };
-    match body_error(e) {
+    match e {
         Some(BodyError::TooLarge) => Failure::Body(Reject::PayloadTooLarge),
         Some(BodyError::Idle) => Failure::Body(Reject::RequestTimeout),
         Some(BodyError::Hyper(_)) => Failure::Body(Reject::BadRequest),

@@ -162,6 +162,7 @@ pub fn against_server(e: &SendError) -> bool {
     match e {
         SendError::Connect(_) | SendError::ConnectTimeout | SendError::Tls(_) => true,
         SendError::Http(e) => body_error(e).is_none(),
+        SendError::H1(e) => !matches!(e, super::h1::Error::Body(_)),
         SendError::NoServer => false,
     }
 }

@@ -5,6 +5,7 @@
 pub mod balance;
 pub mod check;
 pub mod failover;
+pub mod h1;
 pub mod health;
 pub mod http2;
 pub mod pool;

@@ -1,9 +1,10 @@
 //! A small pool of HTTP/1.1 connections to one server.
 //!
-//! Each connection is driven by one task for its whole life; a request takes
-//! an idle connection from a lock-free queue and its response body hands the
-//! connection back when it ends. No task is spawned and no lock is taken per
-//! request (the legacy pooled client does both).
+//! A request takes an idle connection from a lock-free queue and drives it
+//! from its own task with keygate's HTTP/1.1 client (`super::h1`); its
+//! response body hands the connection back when it ends cleanly. No task is
+//! spawned and no lock is taken per request. WebSocket upgrades go through
+//! hyper's client on a new connection each, which `hyper::upgrade` needs.
 
 use std::io;
 use std::pin::Pin;
@@ -11,9 +12,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
-use http::{Request, Response};
+use http::{header, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -23,20 +24,19 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::h1;
 use super::health::InFlight;
 use crate::body::RequestBody;
-
-type Sender = SendRequest<RequestBody>;
 
 /// Idle connections kept per server; more are closed when they finish.
 const IDLE_PER_SERVER: usize = 512;
 
-/// The most an upstream connection reads ahead of the caller (hyper's
-/// minimum is 8 KiB, its default about 400 KiB). A response body is read
-/// only as the caller takes it, so a caller that stops reading leaves at most
-/// this much (and one chunk on its way) buffered per upstream connection,
-/// and the upstream's writes stall in its own socket buffers.
-const READ_BUF: usize = 8 * 1024;
+/// The most a hyper connection (health checks, upgrades) reads ahead of
+/// the caller (hyper's minimum is 8 KiB, its default about 400 KiB).
+const READ_BUF: usize = h1::READ_BUF;
+
+/// A type-erased body error, as hyper's server takes it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a request could not be sent.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,8 @@ pub enum SendError {
     Tls(io::Error),
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    #[error(transparent)]
+    H1(#[from] h1::Error),
     #[error("no server of the upstream is up")]
     NoServer,
 }
@@ -71,7 +73,7 @@ pub struct Target {
 
 /// Idle connections to one server.
 pub struct Pool {
-    idle: ArrayQueue<Sender>,
+    idle: ArrayQueue<h1::Conn>,
     target: Target,
 }
 
@@ -89,28 +91,59 @@ impl Pool {
 
     /// Send `req` on an idle connection, or on a new one. A failure hands
     /// the request back when it provably never left keygate.
-    pub async fn send(self: &Arc<Self>, mut req: Request<RequestBody>) -> Result<Response<PooledBody>, Failed> {
-        while let Some(mut sender) = self.idle.pop() {
-            if sender.is_closed() || (!sender.is_ready() && !self.wait_ready(&mut sender).await) {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(response) => return Ok(self.wrap(response, sender)),
-                // The connection closed before the request was written: try another.
-                Err(mut e) => match e.take_message() {
-                    Some(back) => req = back,
-                    None => return Err(Failed { error: e.into_error().into(), unsent: None }),
-                },
-            }
+    pub async fn send(self: &Arc<Self>, req: Request<RequestBody>) -> Result<Response<PooledBody>, Failed> {
+        if req.headers().contains_key(header::UPGRADE) {
+            return self.send_upgrade(req).await;
         }
-        // Boxed: the connect and TLS handshake states would otherwise be
-        // carried (and copied) in every request's future.
-        let mut sender = match Box::pin(connect(&self.target)).await {
+        let (parts, body) = req.into_parts();
+        let framing = h1::codec::Upload::of(body.is_end_stream(), body.size_hint().exact());
+        let mut head = BytesMut::new();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        h1::codec::encode_head(&parts.method, target, &parts.headers, framing, &mut head);
+        let mut conn = loop {
+            let (mut conn, reused) = match self.idle.pop() {
+                Some(mut conn) => match conn.still_idle() {
+                    true => (conn, true),
+                    false => continue,
+                },
+                // Boxed: the connect and TLS handshake states would otherwise
+                // be carried (and copied) in every request's future.
+                None => match Box::pin(connect_io(&self.target)).await {
+                    Ok(io) => (h1::Conn::new(io), false),
+                    Err(error) => return Err(Failed { error, unsent: Some(Request::from_parts(parts, body)) }),
+                },
+            };
+            match conn.write_head(&head).await {
+                Ok(()) => break conn,
+                // A kept-alive connection the server had closed: try another.
+                Err((_, true)) if reused => continue,
+                Err((error, unwritten)) => {
+                    let unsent = unwritten.then(|| Request::from_parts(parts, body));
+                    return Err(Failed { error: error.into(), unsent });
+                }
+            }
+        };
+        let mut upload = h1::Upload::new(body, framing);
+        let head = match conn.response(&mut upload, parts.method == Method::HEAD).await {
+            Ok(head) => head,
+            Err(error) => return Err(Failed { error: error.into(), unsent: None }),
+        };
+        let home = head.keep_alive.then(|| self.clone());
+        let mut response = Response::new(PooledBody::h1(h1::Body::new(conn, head.framing, upload, home)));
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        Ok(response)
+    }
+
+    /// A WebSocket upgrade, on a connection of its own driven by hyper.
+    async fn send_upgrade(&self, req: Request<RequestBody>) -> Result<Response<PooledBody>, Failed> {
+        let mut sender: SendRequest<RequestBody> = match Box::pin(connect(&self.target)).await {
             Ok(sender) => sender,
             Err(error) => return Err(Failed { error, unsent: Some(req) }),
         };
         match sender.try_send_request(req).await {
-            Ok(response) => Ok(self.wrap(response, sender)),
+            Ok(response) => Ok(response.map(PooledBody::hyper)),
             Err(mut e) => {
                 let unsent = e.take_message();
                 Err(Failed { error: e.into_error().into(), unsent })
@@ -118,23 +151,9 @@ impl Pool {
         }
     }
 
-    /// A returned connection may not have finished its last exchange yet.
-    async fn wait_ready(&self, sender: &mut Sender) -> bool {
-        matches!(tokio::time::timeout(self.target.connect_timeout, sender.ready()).await, Ok(Ok(())))
-    }
-
-    fn wrap(self: &Arc<Self>, response: Response<Incoming>, sender: Sender) -> Response<PooledBody> {
-        let upgrading = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-        let mut reuse = (!upgrading).then(|| (sender, self.clone()));
-        if response.body().is_end_stream() {
-            give_back(&mut reuse);
-        }
-        response.map(|inner| PooledBody { inner, reuse, in_flight: None, stream: None })
-    }
-
-    fn put(&self, sender: Sender) {
-        // A full pool closes the extra connection by dropping it.
-        let _ = self.idle.push(sender);
+    /// Keep an idle connection; a full pool closes it by dropping it.
+    pub(super) fn put(&self, conn: h1::Conn) {
+        let _ = self.idle.push(conn);
     }
 
     /// Where this pool connects.
@@ -159,6 +178,21 @@ where
                 .map_err(|_| SendError::ConnectTimeout)?
                 .map_err(SendError::Tls)?;
             handshake(tls).await
+        }
+    }
+}
+
+/// Open a new connection to `t` for keygate's own client (TCP, then TLS for `https://`).
+async fn connect_io(t: &Target) -> Result<h1::Io, SendError> {
+    let tcp = tcp(t).await?;
+    match &t.tls {
+        None => Ok(h1::Io::Tcp(tcp)),
+        Some((connector, name)) => {
+            let tls = tokio::time::timeout(t.connect_timeout, connector.connect(name.clone(), tcp))
+                .await
+                .map_err(|_| SendError::ConnectTimeout)?
+                .map_err(SendError::Tls)?;
+            Ok(h1::Io::Tls(Box::new(tls)))
         }
     }
 }
@@ -190,16 +224,16 @@ where
     Ok(sender)
 }
 
-fn give_back(reuse: &mut Option<(Sender, Arc<Pool>)>) {
-    if let Some((sender, pool)) = reuse.take() {
-        pool.put(sender);
-    }
+enum Inner {
+    /// HTTP/2, and HTTP/1.1 upgrades.
+    Hyper(Incoming),
+    H1(h1::Body),
 }
 
-/// An upstream response body that returns its connection to the pool when it ends.
+/// An upstream response body; an HTTP/1.1 one returns its connection to
+/// the pool when it ends.
 pub struct PooledBody {
-    inner: Incoming,
-    reuse: Option<(Sender, Arc<Pool>)>,
+    inner: Inner,
     /// Counts this request as in flight until the body is done (least_requests).
     pub(crate) in_flight: Option<InFlight>,
     /// An HTTP/2 response's hold on its connection's stream count.
@@ -210,43 +244,53 @@ impl PooledBody {
     /// An HTTP/2 response body, holding its stream until it ends.
     pub(super) fn http2(inner: Incoming, stream: super::http2::Stream) -> PooledBody {
         let stream = (!inner.is_end_stream()).then_some(stream);
-        PooledBody { inner, reuse: None, in_flight: None, stream }
+        PooledBody { inner: Inner::Hyper(inner), in_flight: None, stream }
+    }
+
+    fn hyper(inner: Incoming) -> PooledBody {
+        PooledBody { inner: Inner::Hyper(inner), in_flight: None, stream: None }
+    }
+
+    fn h1(inner: h1::Body) -> PooledBody {
+        PooledBody { inner: Inner::H1(inner), in_flight: None, stream: None }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => {
-                give_back(&mut this.reuse);
-                this.in_flight = None;
-                this.stream = None;
-            }
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
-                give_back(&mut this.reuse);
-                this.in_flight = None;
-                this.stream = None;
-            }
-            // A broken body means a broken connection: drop it.
-            Poll::Ready(Some(Err(_))) => {
-                this.reuse = None;
-                this.stream = None;
-            }
-            _ => {}
+        let polled = match &mut this.inner {
+            Inner::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            Inner::H1(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+        };
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.is_end_stream(),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => false,
+        };
+        if ended {
+            this.in_flight = None;
+        }
+        if ended || matches!(polled, Poll::Ready(Some(Err(_)))) {
+            this.stream = None;
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper(body) => body.is_end_stream(),
+            Inner::H1(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(body) => body.size_hint(),
+            Inner::H1(body) => body.size_hint(),
+        }
     }
 }
