@@ -487,7 +487,9 @@ async fn an_early_413_reaches_the_caller_and_the_next_request_works() {
         ],
     };
     let up = Scripted::start(vec![early, Step::reply(CLEAN)]).await;
-    let kg = Keygate::start(&basic_config(up.addr, KEY, "")).await;
+    // Today the abandoned exchange holds the drain for the whole grace (see below).
+    let config = basic_config(up.addr, KEY, "").replacen("[listen]\n", "[listen]\nshutdown_grace = \"1s\"\n", 1);
+    let kg = Keygate::start(&config).await;
     let upload = Bytes::from(pattern(5 * 1024 * 1024));
     let first = call(&kg, "POST", "/upload", upload).await;
     assert!(mismatch(&first, Want::Ok(413, b"big")).is_none(), "{first:?}");
@@ -495,4 +497,59 @@ async fn an_early_413_reaches_the_caller_and_the_next_request_works() {
     assert!(mismatch(&second, Want::Ok(200, b"clean")).is_none(), "{second:?}");
     assert_eq!(up.accepts(), 2);
     kg.stop().await;
+}
+
+/// After a final response that closes the connection, the rest of the
+/// request body is not sent and the connection is not pooled. Today it is
+/// pooled while still busy, the next request waits `connect_timeout` for it
+/// before dialling, and the exchange lives until the shutdown grace.
+#[tokio::test]
+async fn an_early_response_with_close_frees_its_connection_at_once() {
+    let early = Step {
+        read_body: false,
+        actions: vec![
+            Action::Write(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig".to_vec(),
+            ),
+            Action::Hold,
+        ],
+    };
+    let up = Scripted::start(vec![early, Step::reply(CLEAN)]).await;
+    let config = gateway_config(&[up.addr], "connect_timeout = \"5s\"", &billing_client(KEY));
+    let kg = Keygate::start(&config).await;
+    let first = call(&kg, "POST", "/upload", Bytes::from(pattern(5 * 1024 * 1024))).await;
+    assert!(mismatch(&first, Want::Ok(413, b"big")).is_none(), "{first:?}");
+    let started = std::time::Instant::now();
+    let second = call(&kg, "GET", "/second", Bytes::new()).await;
+    assert!(mismatch(&second, Want::Ok(200, b"clean")).is_none(), "{second:?}");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(2), "the next request waited {waited:?} for the closing connection");
+    // The default shutdown grace is 30 s: a drain that needs it waits on the abandoned exchange.
+    assert!(tokio::time::timeout(LIMIT, kg.stop()).await.is_ok(), "the abandoned exchange held the drain");
+}
+
+#[tokio::test]
+async fn a_post_without_framing_headers_goes_upstream_with_a_zero_length() {
+    let post = format!("POST /e HTTP/1.1\r\nHost: t\r\nX-API-Key: {KEY}\r\nConnection: close\r\n\r\n");
+    let (reply, seen) = sent_upstream(post).await;
+    let r = only(&seen, &reply);
+    assert_eq!(r.headers("content-length"), ["0"], "{}", r.head);
+}
+
+/// A caller's request with both framings: refused, or sent upstream with one.
+#[tokio::test]
+async fn a_caller_request_with_length_and_chunked_goes_upstream_framed_once() {
+    for length in ["4", "5", "40"] {
+        let req = format!(
+            "POST /s HTTP/1.1\r\nHost: t\r\nX-API-Key: {KEY}\r\nContent-Length: {length}\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let (reply, seen) = sent_upstream(req).await;
+        if reply.starts_with("HTTP/1.1 400") {
+            assert!(seen.is_empty(), "refused, yet sent upstream: {seen:?}");
+            continue;
+        }
+        let r = only(&seen, &reply);
+        assert_eq!(r.body, b"hello", "length {length}: {}", r.head);
+    }
 }
