@@ -168,6 +168,23 @@ async fn well_framed_responses_arrive_whole_and_the_connection_is_kept_when_it_c
             want: Want::Ok(200, b""),
             accepts: None,
         },
+        row("length with spaces around", "HTTP/1.1 200 OK\r\nContent-Length:  3 \r\n\r\nok\n", Want::Ok(200, b"ok\n"), Some(1)),
+        row("length without a space", "HTTP/1.1 200 OK\r\ncontent-length:3\r\n\r\nok\n", Want::Ok(200, b"ok\n"), Some(1)),
+        row("Chunked in capitals", "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nok\n\r\n0\r\n\r\n", Want::Ok(200, b"ok\n"), Some(1)),
+        Row {
+            name: "a length response a byte per write",
+            method: "GET",
+            step: Step::drip(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"),
+            want: Want::Ok(200, b"ok\n"),
+            accepts: Some(1),
+        },
+        Row {
+            name: "a chunked response a byte per write",
+            method: "GET",
+            step: Step::drip(chunked("3;x=y\r\nok\n\r\n0\r\n\r\n").as_bytes()),
+            want: Want::Ok(200, b"ok\n"),
+            accepts: Some(1),
+        },
         row("204", "HTTP/1.1 204 No Content\r\n\r\n", Want::Ok(204, b""), Some(1)),
         row("304", "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", Want::Ok(304, b""), Some(1)),
         row(

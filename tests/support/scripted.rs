@@ -28,6 +28,8 @@ pub enum Action {
     Write(Vec<u8>),
     /// Wait until the test notifies (bounded).
     Wait(Arc<Notify>),
+    /// Pause this long (a slow upstream, not a synchronisation).
+    Pause(Duration),
     /// Close the connection.
     Close,
     /// Stop reading, keep the connection open until the server is dropped.
@@ -46,6 +48,13 @@ impl Step {
     /// Write `bytes`, then read the next request on the same connection.
     pub fn reply(bytes: impl Into<Vec<u8>>) -> Step {
         Step { read_body: true, actions: vec![Action::Write(bytes.into())] }
+    }
+
+    /// Write `bytes` one at a time, a millisecond apart, then read on.
+    pub fn drip(bytes: &[u8]) -> Step {
+        let pause = Action::Pause(Duration::from_millis(1));
+        let actions = bytes.iter().flat_map(|b| [Action::Write(vec![*b]), pause.clone()]).collect();
+        Step { read_body: true, actions }
     }
 
     /// Write `bytes`, then close the connection.
@@ -162,6 +171,7 @@ async fn serve(mut tcp: TcpStream, state: Arc<State>, script: Arc<Vec<Step>>) {
                         return;
                     }
                 }
+                Action::Pause(d) => tokio::time::sleep(*d).await,
                 Action::Close => return,
                 Action::Hold => {
                     std::future::pending::<()>().await;
