@@ -186,6 +186,17 @@ async fn well_framed_responses_arrive_whole_and_the_connection_is_kept_when_it_c
             accepts: Some(1),
         },
         row("204", "HTTP/1.1 204 No Content\r\n\r\n", Want::Ok(204, b""), Some(1)),
+        row("204 with a length", "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", Want::Ok(204, b""), Some(1)),
+        row("304 with a length", "HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\n\r\n", Want::Ok(304, b""), Some(1)),
+        Row {
+            name: "HEAD answered as chunked, no body",
+            method: "HEAD",
+            step: Step::reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            want: Want::Ok(200, b""),
+            accepts: Some(1),
+        },
+        // The upstream keeps the connection open: reusing it would be wrong anyway.
+        row("Connection: close", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n", Want::Ok(200, b"ok\n"), Some(2)),
         row("304", "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", Want::Ok(304, b""), Some(1)),
         row(
             "100 Continue first",
