@@ -1,6 +1,6 @@
 //! The HTTP/1 upstream hop against a scripted raw-TCP upstream: response
-//! framing, malformed and smuggling responses, and the framing of what goes
-//! upstream. Each row sends a second request through the same keygate, so a
+//! framing, malformed and smuggling responses (what goes upstream is in
+//! upstream_requests.rs). Each row sends a second request through the same keygate, so a
 //! connection left out of step by the first shows in the second answer.
 
 mod support;
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
-use support::scripted::{Action, Scripted, Seen, Step};
+use support::scripted::{Action, Scripted, Step};
 use support::*;
 use tokio::sync::Notify;
 
@@ -421,163 +421,4 @@ async fn bytes_after_a_complete_response_never_answer_the_next_request() {
         },
     ];
     run_all(rows).await;
-}
-
-/// keygate in front of an upstream answering CLEAN to everything; the
-/// requests it read after the caller sent `request` (raw, `Connection: close`).
-async fn sent_upstream(request: String) -> (String, Vec<Seen>) {
-    let up = Scripted::start(vec![Step::reply(CLEAN)]).await;
-    let kg = Keygate::start(&basic_config(up.addr, KEY, "")).await;
-    let reply = raw(kg.addr, request.as_bytes()).await;
-    kg.stop().await;
-    (reply, up.seen())
-}
-
-/// The one request the upstream read, checked for one framing at most.
-fn only(seen: &[Seen], reply: &str) -> Seen {
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert_eq!(seen.len(), 1, "{seen:?}");
-    let r = seen.first().cloned().expect("one request");
-    let (cl, te) = (r.headers("content-length"), r.headers("transfer-encoding"));
-    assert!(cl.is_empty() || te.is_empty(), "both Content-Length and Transfer-Encoding: {}", r.head);
-    assert!(cl.len() <= 1 && te.len() <= 1, "{}", r.head);
-    if let Some(te) = te.first() {
-        assert_eq!(te.to_ascii_lowercase(), "chunked", "{}", r.head);
-    }
-    if let Some(cl) = cl.first() {
-        assert_eq!(cl.parse::<usize>().ok(), Some(r.body.len()), "{}", r.head);
-    }
-    r
-}
-
-#[tokio::test]
-async fn a_chunked_request_body_goes_upstream_framed_once_and_intact() {
-    let bodies = [
-        "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-        "5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
-        "B\r\nhello world\r\n0\r\n\r\n",
-    ];
-    for chunks in bodies {
-        let req = format!(
-            "POST /up HTTP/1.1\r\nHost: t\r\nX-API-Key: {KEY}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunks}"
-        );
-        let (reply, seen) = sent_upstream(req).await;
-        let r = only(&seen, &reply);
-        assert_eq!(r.body, b"hello world", "{chunks:?}: {}", r.head);
-        assert_eq!(r.line(), "POST /up HTTP/1.1");
-    }
-}
-
-#[tokio::test]
-async fn an_empty_post_carries_a_zero_length_and_a_get_no_framing() {
-    let post =
-        format!("POST /e HTTP/1.1\r\nHost: t\r\nX-API-Key: {KEY}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    let (reply, seen) = sent_upstream(post).await;
-    let r = only(&seen, &reply);
-    assert_eq!(r.headers("content-length"), ["0"], "{}", r.head);
-    let get = format!("GET /g HTTP/1.1\r\nHost: t\r\nX-API-Key: {KEY}\r\nConnection: close\r\n\r\n");
-    let (reply, seen) = sent_upstream(get).await;
-    let r = only(&seen, &reply);
-    assert!(r.headers("content-length").is_empty() && r.headers("transfer-encoding").is_empty(), "{}", r.head);
-}
-
-#[tokio::test]
-async fn the_upstream_head_has_one_host_and_none_of_the_callers_hop_headers() {
-    let hop = format!(
-        "GET /h HTTP/1.1\r\nHost: caller.example\r\nX-API-Key: {KEY}\r\nConnection: close, x-foo\r\n\
-         Keep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: keep-alive\r\nX-Foo: 1\r\n\r\n"
-    );
-    let no_host = format!("GET /h HTTP/1.0\r\nX-API-Key: {KEY}\r\n\r\n");
-    for req in [hop, no_host] {
-        let (reply, seen) = sent_upstream(req).await;
-        let reply = reply.replacen("HTTP/1.0 200", "HTTP/1.1 200", 1);
-        let r = only(&seen, &reply);
-        assert_eq!(r.headers("host").len(), 1, "{}", r.head);
-        for name in ["keep-alive", "te", "upgrade", "proxy-connection", "x-foo"] {
-            assert!(r.headers(name).is_empty(), "{name} went upstream: {}", r.head);
-        }
-        for v in r.headers("connection") {
-            let v = v.to_ascii_lowercase();
-            assert!(!v.contains("x-foo") && !v.contains("upgrade"), "{}", r.head);
-        }
-    }
-}
-
-#[tokio::test]
-async fn an_early_413_reaches_the_caller_and_the_next_request_works() {
-    let early = Step {
-        read_body: false,
-        actions: vec![
-            Action::Write(
-                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig".to_vec(),
-            ),
-            Action::Hold,
-        ],
-    };
-    let up = Scripted::start(vec![early, Step::reply(CLEAN)]).await;
-    // Today the abandoned exchange holds the drain for the whole grace (see below).
-    let config = basic_config(up.addr, KEY, "").replacen("[listen]\n", "[listen]\nshutdown_grace = \"1s\"\n", 1);
-    let kg = Keygate::start(&config).await;
-    let upload = Bytes::from(pattern(5 * 1024 * 1024));
-    let first = call(&kg, "POST", "/upload", upload).await;
-    assert!(mismatch(&first, Want::Ok(413, b"big")).is_none(), "{first:?}");
-    let second = call(&kg, "GET", "/second", Bytes::new()).await;
-    assert!(mismatch(&second, Want::Ok(200, b"clean")).is_none(), "{second:?}");
-    assert_eq!(up.accepts(), 2);
-    kg.stop().await;
-}
-
-/// After a final response that closes the connection, the rest of the
-/// request body is not sent and the connection is not pooled. Today it is
-/// pooled while still busy, the next request waits `connect_timeout` for it
-/// before dialling, and the exchange lives until the shutdown grace.
-#[tokio::test]
-async fn an_early_response_with_close_frees_its_connection_at_once() {
-    let early = Step {
-        read_body: false,
-        actions: vec![
-            Action::Write(
-                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig".to_vec(),
-            ),
-            Action::Hold,
-        ],
-    };
-    let up = Scripted::start(vec![early, Step::reply(CLEAN)]).await;
-    let config = gateway_config(&[up.addr], "connect_timeout = \"5s\"", &billing_client(KEY));
-    let kg = Keygate::start(&config).await;
-    let first = call(&kg, "POST", "/upload", Bytes::from(pattern(5 * 1024 * 1024))).await;
-    assert!(mismatch(&first, Want::Ok(413, b"big")).is_none(), "{first:?}");
-    let started = std::time::Instant::now();
-    let second = call(&kg, "GET", "/second", Bytes::new()).await;
-    assert!(mismatch(&second, Want::Ok(200, b"clean")).is_none(), "{second:?}");
-    let waited = started.elapsed();
-    assert!(waited < Duration::from_secs(2), "the next request waited {waited:?} for the closing connection");
-    // The default shutdown grace is 30 s: a drain that needs it waits on the abandoned exchange.
-    assert!(tokio::time::timeout(LIMIT, kg.stop()).await.is_ok(), "the abandoned exchange held the drain");
-}
-
-#[tokio::test]
-async fn a_post_without_framing_headers_goes_upstream_with_a_zero_length() {
-    let post = format!("POST /e HTTP/1.1\r\nHost: t\r\nX-API-Key: {KEY}\r\nConnection: close\r\n\r\n");
-    let (reply, seen) = sent_upstream(post).await;
-    let r = only(&seen, &reply);
-    assert_eq!(r.headers("content-length"), ["0"], "{}", r.head);
-}
-
-/// A caller's request with both framings: refused, or sent upstream with one.
-#[tokio::test]
-async fn a_caller_request_with_length_and_chunked_goes_upstream_framed_once() {
-    for length in ["4", "5", "40"] {
-        let req = format!(
-            "POST /s HTTP/1.1\r\nHost: t\r\nX-API-Key: {KEY}\r\nContent-Length: {length}\r\n\
-             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-        );
-        let (reply, seen) = sent_upstream(req).await;
-        if reply.starts_with("HTTP/1.1 400") {
-            assert!(seen.is_empty(), "refused, yet sent upstream: {seen:?}");
-            continue;
-        }
-        let r = only(&seen, &reply);
-        assert_eq!(r.body, b"hello", "length {length}: {}", r.head);
-    }
 }
