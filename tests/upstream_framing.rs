@@ -205,6 +205,18 @@ async fn well_framed_responses_arrive_whole_and_the_connection_is_kept_when_it_c
             Some(1),
         ),
         row(
+            "twenty 100 Continue first",
+            format!("{}HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", "HTTP/1.1 100 Continue\r\n\r\n".repeat(20)),
+            Want::Ok(200, b"ok\n"),
+            Some(1),
+        ),
+        row(
+            "a 100 with a length has no body",
+            "HTTP/1.1 100 Continue\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
+            Want::Ok(200, b"ok\n"),
+            Some(1),
+        ),
+        row(
             "103 Early Hints first",
             "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n",
             Want::Ok(200, b"ok\n"),
@@ -327,6 +339,20 @@ async fn malformed_responses_are_502_and_never_poison_the_next_request() {
         bad("status 2OO", "HTTP/1.1 2OO OK\r\nContent-Length: 3\r\n\r\nok\n".into()),
         bad("status line FOO", "FOO\r\n\r\n".into()),
         bad("HTTP/2 status line", "HTTP/2 200\r\nContent-Length: 3\r\n\r\nok\n".into()),
+        Row {
+            name: "closed after a 100 Continue",
+            method: "GET",
+            step: Step::reply_close("HTTP/1.1 100 Continue\r\n\r\n"),
+            want: Want::BadGateway,
+            accepts: Some(2),
+        },
+        Row {
+            name: "closed inside the head",
+            method: "GET",
+            step: Step::reply_close("HTTP/1.1 200 OK\r\nContent-Len"),
+            want: Want::BadGateway,
+            accepts: Some(2),
+        },
         Row {
             name: "closed without a byte",
             method: "GET",
