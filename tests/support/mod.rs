@@ -10,6 +10,7 @@ pub mod jwks;
 pub mod ops;
 #[path = "redis.rs"]
 pub mod redis_server;
+pub mod scripted;
 pub mod tls;
 pub mod upstream;
 pub mod ws;
