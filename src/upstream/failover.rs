@@ -26,7 +26,9 @@ impl Upstream {
     /// head; `NoServer` at once when every server is down.
     pub async fn send(&self, mut req: Request<RequestBody>) -> Result<Response<PooledBody>, SendError> {
         if self.http2 {
-            return self.send_http2(http2::Call::new(req)).await;
+            // Boxed: the HTTP/2 exchange's state is about 15 KB, and every
+            // HTTP/1 request's future would otherwise carry (and copy) it.
+            return Box::pin(self.send_http2(http2::Call::new(req))).await;
         }
         let mut index = self.pick(&[]).ok_or(SendError::NoServer)?;
         // Allocated on the first failure only.

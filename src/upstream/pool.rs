@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::{header, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -97,9 +97,7 @@ impl Pool {
         }
         let (parts, body) = req.into_parts();
         let framing = h1::codec::Upload::of(body.is_end_stream(), body.size_hint().exact());
-        let mut head = BytesMut::new();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        h1::codec::encode_head(&parts.method, target, &parts.headers, framing, &mut head);
         let mut conn = loop {
             let (mut conn, reused) = match self.idle.pop() {
                 Some(mut conn) => match conn.still_idle() {
@@ -113,7 +111,10 @@ impl Pool {
                     Err(error) => return Err(Failed { error, unsent: Some(Request::from_parts(parts, body)) }),
                 },
             };
-            match conn.write_head(&head).await {
+            match conn
+                .write_head(|dst| h1::codec::encode_head(&parts.method, target, &parts.headers, framing, dst))
+                .await
+            {
                 Ok(()) => break conn,
                 // A kept-alive connection the server had closed: try another.
                 Err((_, true)) if reused => continue,

@@ -5,6 +5,8 @@
 //! and `Transfer-Encoding`, differing or malformed lengths, `chunked` anywhere
 //! but last, obs-fold, and an unasked-for `101` are all refused.
 
+use std::mem::MaybeUninit;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -122,9 +124,11 @@ pub enum Parsed {
 /// Parse a response head from the start of `buf`, consuming it when
 /// complete. `head_request`: the request was HEAD, so the response has no body.
 pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ParseError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut slots);
-    let len = match response.parse(buf) {
+    // Uninitialised slots: zeroing 100 of them cost more than the parse.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(ParseError::HeadTooLarge),
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
@@ -147,12 +151,17 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Pars
     // Where each name and value sits, so that the values can share the
     // head's bytes instead of being copied one by one.
     let base = buf.as_ptr() as usize;
-    let mut spans = [[0usize; 4]; MAX_HEADERS];
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
     let count = response.headers.len();
     for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *span = [name, name + h.name.len(), value, value + h.value.len()];
+        // Offsets within a head of at most MAX_HEAD bytes fit in u32.
+        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        *span = [
+            at(h.name.as_bytes()),
+            at(h.name.as_bytes()) + h.name.len() as u32,
+            at(h.value),
+            at(h.value) + h.value.len() as u32,
+        ];
     }
     let head = buf.split_to(len).freeze();
     let headers = header_map(spans.get(..count).unwrap_or_default(), &head)?;
@@ -160,9 +169,10 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Pars
     Ok(Parsed::Final(Head { status, version, headers, framing, keep_alive }))
 }
 
-fn header_map(spans: &[[usize; 4]], head: &Bytes) -> Result<HeaderMap, ParseError> {
+fn header_map(spans: &[[u32; 4]], head: &Bytes) -> Result<HeaderMap, ParseError> {
     let mut headers = HeaderMap::with_capacity(spans.len());
-    for &[name_start, name_end, start, end] in spans {
+    for span in spans {
+        let [name_start, name_end, start, end] = span.map(|n| n as usize);
         let name = head.get(name_start..name_end).ok_or(ParseError::Head("invalid header name"))?;
         let name = HeaderName::from_bytes(name).map_err(|_| ParseError::Head("invalid header name"))?;
         if start > end || end > head.len() {

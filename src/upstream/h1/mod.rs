@@ -86,13 +86,15 @@ pub struct Conn {
     io: Io,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
+    /// The request head being written.
+    out: BytesMut,
     /// False once an exchange left it in an unknown state (an upload cut short).
     reusable: bool,
 }
 
 impl Conn {
     pub fn new(io: Io) -> Conn {
-        Conn { io, buf: BytesMut::new(), reusable: true }
+        Conn { io, buf: BytesMut::new(), out: BytesMut::new(), reusable: true }
     }
 
     /// Whether an idle connection can carry a request: nothing arrived on
@@ -105,12 +107,15 @@ impl Conn {
         self.buf.is_empty() && Pin::new(&mut self.io).poll_read(&mut cx, &mut probe).is_pending()
     }
 
-    /// Write all of `bytes`; `Err(true)` when none of it was written (the
-    /// request may go on another connection).
-    pub async fn write_head(&mut self, bytes: &[u8]) -> Result<(), (Error, bool)> {
+    /// Write the head `encode` puts in the connection's write buffer (kept
+    /// from one request to the next); `Err((_, true))` when none of it was
+    /// written (the request may go on another connection).
+    pub async fn write_head(&mut self, encode: impl FnOnce(&mut BytesMut)) -> Result<(), (Error, bool)> {
+        self.out.clear();
+        encode(&mut self.out);
         let mut written = 0;
-        while written < bytes.len() {
-            let rest = bytes.get(written..).unwrap_or_default();
+        while written < self.out.len() {
+            let rest = self.out.get(written..).unwrap_or_default();
             match poll_fn(|cx| Pin::new(&mut self.io).poll_write(cx, rest)).await {
                 Ok(0) => return Err((Error::Closed, written == 0)),
                 Ok(n) => written += n,
