@@ -19,7 +19,7 @@
 //! 8. check the client may call it — [`state::ClientState::may_call`]; a token must hold the route's `scopes`
 //! 9. take one request from the client's budget (rate and quota; local or Redis), and a slot under the in-flight caps — [`limit`], [`proxy::in_flight`]
 //! 10. strip every copy of the key and hop-by-hop headers, apply the route's header rules, set identity and `X-Forwarded-*` — [`proxy::headers`]
-//! 11. stream the request to a usable server of the upstream (failing over when it never reached one) and the response back — [`proxy::forward`], [`upstream`] (HTTP/1 [`upstream::pool`], HTTP/2 [`upstream::http2`]), [`body`]
+//! 11. stream the request to a usable server of the upstream (failing over when it never reached one) and the response back — [`proxy::forward`], [`upstream`] (HTTP/1 [`upstream::pool`] with keygate's own client [`upstream::h1`], HTTP/2 [`upstream::http2`]), [`body`]
 //! 12. log the request and count it when its response is done — [`access_log`], [`metrics`]
 //!
 //! Configuration is read by [`config`] (file, then `KEYGATE_*`), reloaded by
