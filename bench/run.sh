@@ -682,6 +682,35 @@ median_row() {
     echo "${vals[*]}"
 }
 
+# print_ranges: keygate's CPU per request and p99 over the row it is compared
+# with, run by run (the runs alternate targets, so run i of each was measured
+# within seconds of the other), and the range: the figures the targets are held to.
+print_ranges() {
+    local sc k b label cpu p99 per_core
+    printf '\nRun by run (keygate / the compared row; range = min-max over the %s runs):\n' "$RUNS"
+    for sc in $SCENARIOS; do
+        k=$TMP/res/$sc.keygate
+        case $sc in
+            plain-redis*) b=$TMP/res/plain-1key.keygate label=keygate/local ;;
+            plain-h2up | plain-token-cold) b=$TMP/res/plain-1key.keygate label=keygate/1key ;;
+            *) b=$TMP/res/$sc.nginx label=keygate/nginx ;;
+        esac
+        [[ -s $k && -s $b ]] || continue
+        cpu=$(paste -d' ' "$k" "$b" | awk '$9 > 0 {printf "%.2f\n", $4 / $9}' | ratio_list)
+        p99=$(paste -d' ' "$k" "$b" | awk '$8 > 0 {printf "%.2f\n", $3 / $8}' | ratio_list)
+        per_core=""
+        [[ $sc == tls-close || $sc == tls-resumed ]] &&
+            per_core="  per core $(paste -d' ' "$k" "$b" | awk '$4 > 0 {printf "%.2f\n", $9 / $4}' | ratio_list)"
+        printf '%-16s %-14s CPU %s  p99 %s%s\n' "$sc" "$label" "$cpu" "${p99:-"-"}" "$per_core"
+    done
+}
+
+# ratio_list: "a b c (min-max)" of the numbers on stdin, one per line
+ratio_list() {
+    awk '{v[NR] = $1; if (NR == 1 || $1 < lo) lo = $1; if (NR == 1 || $1 > hi) hi = $1}
+        END {if (NR == 0) exit; for (i = 1; i <= NR; i++) printf "%s ", v[i]; printf "(%s-%s)", lo, hi}'
+}
+
 print_table() {
     local fmt='%-15s %-15s %10s %9s %9s %11s %11s %7s\n'
     printf '\n'
@@ -746,6 +775,7 @@ print_table() {
     printf '   (h2c, on CPU %s; direct = that upstream), nginx grpc_pass, keygate protocol = "http2".\n' "$LOAD_CPU"
     printf ' plain-h2up: HTTP/1 wrk through keygate to that h2c upstream; plain-token-cold: a new ES256 token per request\n'
     printf '   (%s tokens round-robin, cache 10,000); keygate/1key: against keygate'"'"'s plain-1key row.)\n' "$COLD_TOKENS"
+    print_ranges
     local cf
     for cf in "$TMP"/res/up-conns.*; do
         [[ -s $cf ]] || continue

@@ -15,18 +15,43 @@ use crate::{start, KEY};
 
 #[tokio::test]
 async fn the_servers_cipher_suite_order_wins() {
+    // keygate's order: AES-128-GCM, AES-256-GCM, ChaCha20, whatever the client prefers.
     let t = start(None, "").await;
-    let chacha_first =
-        [suites::TLS13_CHACHA20_POLY1305_SHA256, suites::TLS13_AES_128_GCM_SHA256, suites::TLS13_AES_256_GCM_SHA384];
-    let offer = Offer { suites: &chacha_first, ..Offer::default() };
-    let conn = TlsConn::connect(t.kg.addr, client_config(&t.ca.der(), offer)).await.unwrap();
-    assert_eq!(conn.suite, Some(CipherSuite::TLS13_AES_256_GCM_SHA384));
-
-    let tls12_chacha_first =
-        [suites::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, suites::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384];
-    let offer = Offer { suites: &tls12_chacha_first, versions: &[&rustls::version::TLS12], ..Offer::default() };
-    let conn = TlsConn::connect(t.kg.addr, client_config(&t.ca.der(), offer)).await.unwrap();
-    assert_eq!(conn.suite, Some(CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384));
+    let cases: [(&[rustls::SupportedCipherSuite], &[&rustls::SupportedProtocolVersion], CipherSuite); 4] = [
+        (
+            &[
+                suites::TLS13_CHACHA20_POLY1305_SHA256,
+                suites::TLS13_AES_256_GCM_SHA384,
+                suites::TLS13_AES_128_GCM_SHA256,
+            ],
+            &[&rustls::version::TLS13],
+            CipherSuite::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            &[suites::TLS13_CHACHA20_POLY1305_SHA256, suites::TLS13_AES_256_GCM_SHA384],
+            &[&rustls::version::TLS13],
+            CipherSuite::TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            &[
+                suites::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                suites::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                suites::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ],
+            &[&rustls::version::TLS12],
+            CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            &[suites::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, suites::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384],
+            &[&rustls::version::TLS12],
+            CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+    ];
+    for (offered, versions, chosen) in cases {
+        let offer = Offer { suites: offered, versions, ..Offer::default() };
+        let conn = TlsConn::connect(t.kg.addr, client_config(&t.ca.der(), offer)).await.unwrap();
+        assert_eq!(conn.suite, Some(chosen), "offered {offered:?}");
+    }
     t.kg.stop().await;
 }
 
