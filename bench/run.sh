@@ -208,6 +208,18 @@ proc_pids() {
     pgrep -P "$1" || true
 }
 
+sys_ticks() { # PIDS...: summed stime (the kernel's share) in clock ticks
+    local pid line rest total=0
+    local -a f
+    for pid in "$@"; do
+        read -r line <"/proc/$pid/stat"
+        rest=${line##*) }
+        read -r -a f <<<"$rest"
+        total=$((total + f[12]))
+    done
+    echo "$total"
+}
+
 cpu_ticks() { # PIDS...: summed utime+stime in clock ticks
     local pid line rest total=0
     local -a f
@@ -573,12 +585,13 @@ run_h2load() {
 # run_one SCENARIO TARGET: one measured run, appended to $TMP/res/SCENARIO.TARGET as
 # "rps p50_us p99_us cpu_us_per_req errors"
 run_one() {
-    local sc=$1 tg=$2 url t0 t1 b0 b1 other res cpid
+    local sc=$1 tg=$2 url t0 t1 s0 b0 b1 other res cpid
     local -a pids
     url=$(target_url "$sc" "$tg")
     read -r -a pids <<<"$(target_pids "$sc" "$tg")"
     b0=$(core_busy "$PROXY_CPU")
     t0=$(cpu_ticks "${pids[@]}")
+    s0=$(sys_ticks "${pids[@]}")
     r0=$([[ $sc == plain-redis ]] && cpu_ticks "$REDIS_PID" || echo 0)
     case $sc in
         tls-h2) res=$(run_h2load "$url") ;;
@@ -599,6 +612,8 @@ run_one() {
         *) res=$(run_wrk "$sc" "$url") ;;
     esac
     t1=$(cpu_ticks "${pids[@]}")
+    # The kernel's share of that CPU time, reported below the table.
+    (( t1 > t0 )) && echo "$(( ($(sys_ticks "${pids[@]}") - s0) * 100 / (t1 - t0) ))" >>"$TMP/res/sys.$sc.$tg"
     if [[ $sc == plain-redis ]]; then # Redis's own CPU per request, reported beside the table
         awk -v t="$(($(cpu_ticks "$REDIS_PID") - r0))" -v hz="$CLK_TCK" '$1 > 0 {printf "%.2f\n", t / hz * 1e6 / $1}' \
             <<<"$res" >>"$TMP/res/redis-cpu"
@@ -705,6 +720,20 @@ print_ranges() {
     done
 }
 
+# print_sys_shares: the kernel's share (stime) of each target's CPU, run by run.
+print_sys_shares() {
+    local sc tg f line
+    printf '\nKernel share of CPU (stime / (utime + stime), %%, run by run):\n'
+    for sc in $SCENARIOS; do
+        line=""
+        for tg in $TARGETS; do
+            f=$TMP/res/sys.$sc.$tg
+            [[ -s $f ]] && line+=" $tg $(tr '\n' ' ' <"$f")"
+        done
+        [[ -n $line ]] && printf '%-16s%s\n' "$sc" "$line"
+    done
+}
+
 # ratio_list: "a b c (min-max)" of the numbers on stdin, one per line
 ratio_list() {
     awk '{v[NR] = $1; if (NR == 1 || $1 < lo) lo = $1; if (NR == 1 || $1 > hi) hi = $1}
@@ -776,6 +805,7 @@ print_table() {
     printf ' plain-h2up: HTTP/1 wrk through keygate to that h2c upstream; plain-token-cold: a new ES256 token per request\n'
     printf '   (%s tokens round-robin, cache 10,000); keygate/1key: against keygate'"'"'s plain-1key row.)\n' "$COLD_TOKENS"
     print_ranges
+    print_sys_shares
     local cf
     for cf in "$TMP"/res/up-conns.*; do
         [[ -s $cf ]] || continue

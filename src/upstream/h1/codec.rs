@@ -17,6 +17,9 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header lines in a response head (hyper's default).
 pub const MAX_HEADERS: usize = 100;
 
+/// How many headers keygate may add to an upstream response.
+const RESPONSE_HEADERS_ADDED: usize = 6;
+
 /// Why an upstream response was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -170,7 +173,9 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Pars
 }
 
 fn header_map(spans: &[[u32; 4]], head: &Bytes) -> Result<HeaderMap, ParseError> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the headers keygate adds to the response (`X-Request-Id`,
+    // `RateLimit-*`), so that adding them does not grow the map.
+    let mut headers = HeaderMap::with_capacity(spans.len() + RESPONSE_HEADERS_ADDED);
     for span in spans {
         let [name_start, name_end, start, end] = span.map(|n| n as usize);
         let name = head.get(name_start..name_end).ok_or(ParseError::Head("invalid header name"))?;
