@@ -208,29 +208,22 @@ proc_pids() {
     pgrep -P "$1" || true
 }
 
-sys_ticks() { # PIDS...: summed stime (the kernel's share) in clock ticks
-    local pid line rest total=0
+# ticks WHICH PIDS...: summed clock ticks of PIDS, "all" (utime+stime) or "sys" (stime, the kernel's share)
+ticks() {
+    local user=0 pid line rest total=0
     local -a f
+    [[ $1 == all ]] && user=1
+    shift
     for pid in "$@"; do
         read -r line <"/proc/$pid/stat"
         rest=${line##*) }
         read -r -a f <<<"$rest"
-        total=$((total + f[12]))
+        total=$((total + f[12] + user * f[11]))
     done
     echo "$total"
 }
-
-cpu_ticks() { # PIDS...: summed utime+stime in clock ticks
-    local pid line rest total=0
-    local -a f
-    for pid in "$@"; do
-        read -r line <"/proc/$pid/stat"
-        rest=${line##*) }
-        read -r -a f <<<"$rest"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
+cpu_ticks() { ticks all "$@"; }
+sys_ticks() { ticks sys "$@"; }
 
 core_busy() { # CPU: non-idle clock ticks of that core since boot (from /proc/stat)
     awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat

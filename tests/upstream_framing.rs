@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use sha2::{Digest, Sha256};
-use support::scripted::{Action, Scripted, Step};
+use support::scripted::{keyed_request, Action, Scripted, Step};
 use support::*;
 use tokio::sync::Notify;
 
@@ -64,12 +64,7 @@ fn row(name: &'static str, bytes: impl Into<Vec<u8>>, want: Want, accepts: Optio
 
 /// Send `method path` with the key through a new caller connection; bounded.
 async fn call(kg: &Keygate, method: &str, path: &str, body: Bytes) -> Got {
-    let req = Request::builder()
-        .method(method)
-        .uri(kg.url(path))
-        .header("x-api-key", KEY)
-        .body(Full::new(body))
-        .expect("request");
+    let req = keyed_request(method, &kg.url(path), KEY, body);
     let res = match tokio::time::timeout(LIMIT, client().request(req)).await {
         Err(_) => return Got::Hung("no response head in time"),
         Ok(Err(e)) => return Got::HeadError(format!("{e:?}")),
@@ -226,8 +221,8 @@ async fn well_framed_responses_arrive_whole_and_the_connection_is_kept_when_it_c
     run_all(rows).await;
 }
 
-/// Today the body ends with its trailers frame and is dropped without
-/// being polled to its end, so the connection is closed instead of reused.
+/// The body ends with its trailers frame; the connection must still go back
+/// to the pool (with hyper's client it was closed instead of reused).
 #[tokio::test]
 async fn a_trailer_section_keeps_the_connection_reusable() {
     let rows = vec![
@@ -364,9 +359,9 @@ async fn malformed_responses_are_502_and_never_poison_the_next_request() {
     run_all(rows).await;
 }
 
-/// RFC 9112 §6.3: a response with both is a smuggling attempt; hyper
-/// today reads it as chunked. A 101 nobody asked for is no answer to a
-/// plain request; hyper today hands it on.
+/// RFC 9112 §6.3: a response with both is a smuggling attempt (hyper's
+/// client read it as chunked). A 101 nobody asked for is no answer to a
+/// plain request (hyper's client handed it on).
 #[tokio::test]
 async fn content_length_beside_chunked_and_an_unasked_101_are_502() {
     let bad = |name, bytes: &str| row(name, bytes, Want::BadGateway, Some(2));

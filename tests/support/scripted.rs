@@ -280,3 +280,18 @@ async fn read_chunked(
         pos += size + 2;
     }
 }
+
+/// A request to `url` carrying `key` as `X-API-Key`, for the scripted tests.
+pub fn keyed_request(
+    method: &str,
+    url: &str,
+    key: &str,
+    body: bytes::Bytes,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("x-api-key", key)
+        .body(http_body_util::Full::new(body))
+        .expect("request")
+}
