@@ -23,7 +23,10 @@ fn jwt_command(config: &std::path::Path, token: &str) -> (i32, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(token.as_bytes()).unwrap();
+    // A configuration it refuses ends the command before it reads stdin.
+    if let Err(e) = child.stdin.take().unwrap().write_all(token.as_bytes()) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
     let out = child.wait_with_output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
