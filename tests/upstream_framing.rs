@@ -154,6 +154,18 @@ async fn well_framed_responses_arrive_whole_and_the_connection_is_kept_when_it_c
             want: Want::Ok(200, b"until the close"),
             accepts: Some(2),
         },
+        // A kept-alive connection the server closes while idle is noticed
+        // before it carries the next request, which goes on a new one.
+        Row {
+            name: "kept alive, then closed while idle",
+            method: "GET",
+            step: Step {
+                read_body: true,
+                actions: vec![Action::Write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n".to_vec()), Action::Close],
+            },
+            want: Want::Ok(200, b"ok\n"),
+            accepts: Some(2),
+        },
         // The upstream keeps the connection open: reusing it would be wrong anyway.
         row("HTTP/1.0 with a length", "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n", Want::Ok(200, b"ok\n"), Some(2)),
         Row {

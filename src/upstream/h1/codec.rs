@@ -243,21 +243,19 @@ pub fn framing(
 /// Whether `chunked` is the last coding; an error when it appears elsewhere
 /// or twice (a body chunked twice would reach the caller half-decoded).
 fn chunked_last(headers: &HeaderMap) -> Result<bool, ParseError> {
-    let mut codings = Vec::new();
+    let (mut seen, mut last) = (false, false);
     for value in headers.get_all(header::TRANSFER_ENCODING) {
         let text = value.to_str().map_err(|_| ParseError::Encoding)?;
         for coding in text.split(',').map(str::trim) {
-            if coding.is_empty() {
+            // Anything after a `chunked` (another one included) is an error.
+            if coding.is_empty() || seen {
                 return Err(ParseError::Encoding);
             }
-            codings.push(coding.eq_ignore_ascii_case("chunked"));
+            last = coding.eq_ignore_ascii_case("chunked");
+            seen = last;
         }
     }
-    match codings.iter().position(|&c| c) {
-        None => Ok(false),
-        Some(i) if i + 1 == codings.len() => Ok(true),
-        Some(_) => Err(ParseError::Encoding),
-    }
+    Ok(last)
 }
 
 /// Every `Content-Length` value, comma lists included, must be the same
