@@ -170,20 +170,10 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let tcp = tcp(t).await?;
-    match &t.tls {
-        None => handshake(tcp).await,
-        Some((connector, name)) => {
-            let tls = tokio::time::timeout(t.connect_timeout, connector.connect(name.clone(), tcp))
-                .await
-                .map_err(|_| SendError::ConnectTimeout)?
-                .map_err(SendError::Tls)?;
-            handshake(tls).await
-        }
-    }
+    handshake(connect_io(t).await?).await
 }
 
-/// Open a new connection to `t` for keygate's own client (TCP, then TLS for `https://`).
+/// Open a new connection to `t` (TCP, then TLS for `https://`).
 async fn connect_io(t: &Target) -> Result<h1::Io, SendError> {
     let tcp = tcp(t).await?;
     match &t.tls {
